@@ -1,0 +1,1 @@
+"""Everything that writes events: the Kafka publisher, simulator, replayer and importers."""
