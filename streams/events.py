@@ -9,6 +9,8 @@ from __future__ import annotations
 from enum import IntEnum, StrEnum
 from typing import NamedTuple
 
+import base64
+
 import orjson
 
 from streams.timefmt import parse_ts
@@ -80,14 +82,20 @@ class DeadLetter(NamedTuple):
     position: int
     raw: bytes
     position_kind: str = "line"  # "line" for files, "offset" for Kafka
+    partition: int | None = None  # Kafka partition of the source topic
 
     def to_dict(self) -> dict:
+        out = {"reason": self.reason, "detail": self.detail, "source": self.source}
+        if self.partition is not None:
+            out["partition"] = self.partition
+        out[self.position_kind] = self.position
         try:
-            raw_text = self.raw.decode("utf-8")
+            out["raw"] = self.raw.decode("utf-8")
         except UnicodeDecodeError:
-            raw_text = self.raw.decode("utf-8", errors="backslashreplace")
-        return {"reason": self.reason, "detail": self.detail, "source": self.source,
-                self.position_kind: self.position, "raw": raw_text}
+            # not text: keep a readable form and the exact bytes
+            out["raw"] = self.raw.decode("utf-8", errors="backslashreplace")
+            out["raw_base64"] = base64.b64encode(self.raw).decode("ascii")
+        return out
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.to_dict())

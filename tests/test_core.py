@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import orjson
 import pytest
 
@@ -70,6 +72,7 @@ def test_dead_letter_keeps_original_bytes_source_and_line():
     assert letters[0] == {"reason": "unknown_type", "detail": letters[0]["detail"],
                           "source": "memory", "line": 2, "raw": '{"type":"oops"}'}
     assert letters[1]["line"] == 3 and letters[1]["raw"] == "\\xffbroken"
+    assert base64.b64decode(letters[1]["raw_base64"]) == b"\xffbroken"
 
 
 # -- the join and the clock ------------------------------------------------------------------
