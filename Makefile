@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv jars test
+.PHONY: venv jars test demo stop
 
 venv: $(STAMP)
 
@@ -21,3 +21,12 @@ jars: venv
 
 test: venv jars
 	$(PY) -m pytest -q
+
+# Broker + worker + a small synthetic workload; prints the worker's window stats.
+demo: venv jars
+	scripts/demo.sh
+
+# Stop the demo worker and the local broker.
+stop:
+	-test -f var/demo/worker.pid && kill $$(cat var/demo/worker.pid) 2>/dev/null; rm -f var/demo/worker.pid
+	-$(VENV)/bin/callstream broker stop

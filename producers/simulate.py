@@ -211,3 +211,38 @@ def write_jsonl(lines: Iterator[bytes], path: str) -> int:
         if buf:
             f.write(b"\n".join(buf) + b"\n")
     return n
+
+
+def cli(args) -> int:
+    """`callstream simulate`: the basic generator (calibration and scenarios come later)."""
+    import sys
+    from pathlib import Path
+
+    from streams.errors import CallstreamError
+    from streams.timefmt import parse_ts
+
+    start = parse_ts(args.start)
+    if start is None:
+        raise CallstreamError(f"--start {args.start!r} is not an RFC 3339 time with an offset")
+    if args.hours <= 0:
+        raise CallstreamError("--hours must be positive")
+    if args.trusts.strip().lower() == "england":
+        trusts = england()
+    else:
+        known = dict(ENGLAND)
+        total = sum(known.values())
+        trusts = []
+        for code in [c.strip() for c in args.trusts.split(",") if c.strip()]:
+            share = known.get(code, 0.05)
+            trusts.append(TrustProfile(code, 27_300.0 * share / total))
+    if args.calls_per_day is not None:
+        trusts = [TrustProfile(t.code, args.calls_per_day) for t in trusts]
+    out = Path(args.out)
+    if not out.parent.exists():
+        raise CallstreamError(f"directory {str(out.parent)!r} does not exist")
+    disorder = Disorder(within_lateness=args.disorder, duplicates=args.duplicates,
+                        malformed=args.malformed)
+    n = write_jsonl(generate(trusts, start, args.hours / 24.0, seed=args.seed,
+                             disorder=disorder), str(out))
+    print(f"wrote {n:,} events for {', '.join(t.code for t in trusts)} to {out}", file=sys.stderr)
+    return 0

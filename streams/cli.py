@@ -71,6 +71,29 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--speed", type=float, default=None, help="pace by event time at N x real time")
     r.add_argument("--max", action="store_true", help="publish as fast as possible (default)")
     r.add_argument("--from-line", type=int, default=1, help="resume: first line number to publish")
+    # simulate -----------------------------------------------------------------------
+    sim = sub.add_parser("simulate", help="write a realistic synthetic event log")
+    sim.add_argument("--trusts", default="LAS",
+                     help="comma-separated trust codes, or 'england' for all English trusts")
+    sim.add_argument("--calls-per-day", type=float, default=None,
+                     help="per trust (default: about each trust's real volume)")
+    sim.add_argument("--start", default="2026-01-14T00:00:00Z", help="RFC 3339 start time")
+    sim.add_argument("--hours", type=float, default=24.0, help="length of the period")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--duplicates", type=float, default=0.0, help="share of events sent twice")
+    sim.add_argument("--disorder", type=float, default=0.0,
+                     help="share of events delivered late but within the allowed lateness")
+    sim.add_argument("--malformed", type=float, default=0.0, help="share of corrupted records")
+    sim.add_argument("--out", required=True, help="output file (.jsonl or .jsonl.gz)")
+
+    # tail ---------------------------------------------------------------------------
+    t = sub.add_parser("tail", help="print records from an output topic (stats, alerts, deadletter)")
+    t.add_argument("which", choices=["stats", "alerts", "deadletter"])
+    _add_connection(t)
+    t.add_argument("--window", default=None, help="only stats of this window (e.g. 1h)")
+    t.add_argument("--idle", type=float, default=5.0,
+                   help="stop after this many seconds without a new record (0: never)")
+    t.add_argument("--from-beginning", action="store_true")
     return parser
 
 
@@ -104,6 +127,12 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int 
             return replay.cli(args)
         from producers import publish
         return publish.cli(args)
+    if args.command == "simulate":
+        from producers import simulate
+        return simulate.cli(args)
+    if args.command == "tail":
+        from streams import tail
+        return tail.cli(args)
     parser.error(f"unknown command {args.command}")
     return 2
 
