@@ -200,7 +200,7 @@ class Processor:
                 pressure_cache.append(self.join.pressure(end))
             return pressure_cache[0]
 
-        records = list(self.windows.close(end, pressure))
+        records = self.windows.close(end, pressure)
         stats = self.outputs.stats
         for rec in records:
             stats(rec)

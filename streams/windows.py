@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from streams.settings import HOUR_MS, ProcessingSettings, RollingWindow
-from streams.sketch import QuantileSketch
+from streams.sketch import segment_quantiles
 from streams.timefmt import format_ts, local_date, local_day_start, local_month_start
 
 #: Category keys of window records, in output order (C1T is a reporting split of C1).
@@ -106,6 +106,7 @@ class WindowStore:
         self.bucket_keep_ms = max([w.size_ms for w in self.windows if w.every_ms == self.bucket_ms]
                                   + self.pane_sizes + [0]) + self.bucket_ms
         self.next_midnight: int | None = None
+        self._pending: list = []
         self.late_responses = 0
         self.too_late = 0
 
@@ -176,12 +177,15 @@ class WindowStore:
             self.too_late += 1
 
     # -- closing -----------------------------------------------------------------------
-    def close(self, end: int, pressure: Callable[[], dict]) -> Iterator[dict]:
-        """Close the bucket ending at `end` and yield every window record ending there.
+    def close(self, end: int, pressure: Callable[[], dict]) -> list[dict]:
+        """Close the bucket ending at `end`; return every window record ending there.
 
         `pressure()` gives (trust, category) -> (waiting, longest wait ms) at `end`; it is
-        called only when a window is emitted."""
+        called only when a window is emitted. The centiles of all records are computed in
+        one `segment_quantiles` kernel call (the sketch's exact answers, batched)."""
         self.closed_until = end
+        self._pending = []
+        out: list[dict] = []
         for size in self.pane_sizes:
             if end % size == 0:
                 parts = [b for s in range(end - size, end, self.bucket_ms)
@@ -196,10 +200,24 @@ class WindowStore:
                 start = end - w.size_ms
                 parts = [p for s in range(start, end, w.every_ms)
                          if (p := source.get(s)) is not None]
-                yield from self._records(w.name, start, end, _merge(parts), pressure())
+                out.extend(self._records(w.name, start, end, _merge(parts), pressure()))
         if self.calendar:
-            yield from self._close_calendar(end, pressure)
+            out.extend(self._close_calendar(end, pressure))
         self._forget(end)
+        if self._pending:
+            self._fill_centiles(self._pending)
+        return out
+
+    def _fill_centiles(self, pending: list) -> None:
+        arrays = [arr for _, arr in pending]
+        offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
+        np.cumsum([len(a) for a in arrays], out=offsets[1:])
+        values = np.concatenate(arrays) / 1000.0
+        qs = segment_quantiles(values, offsets, QUANTILES, self.accuracy)
+        for (rec, _), (p50, p90, p99) in zip(pending, qs.tolist()):
+            rec["p50_s"] = round(p50, 3)
+            rec["p90_s"] = round(p90, 3)
+            rec["p99_s"] = round(p99, 3)
 
     def _close_calendar(self, end: int, pressure: Callable[[], dict]) -> Iterator[dict]:
         if self.next_midnight is None:
@@ -289,13 +307,9 @@ class WindowStore:
         if n:
             arr = np.asarray(vals, dtype=np.int64)
             total = int(arr.sum())
-            sketch = QuantileSketch(self.accuracy)
-            sketch.add_many(arr / 1000.0)
-            p50, p90, p99 = sketch.quantiles(QUANTILES)
             rec["mean_s"] = round(total / n / 1000.0, 3)
-            rec["p50_s"] = round(float(p50), 3)
-            rec["p90_s"] = round(float(p90), 3)
-            rec["p99_s"] = round(float(p99), 3)
+            rec["p50_s"] = rec["p90_s"] = rec["p99_s"] = None   # filled in one batch
+            self._pending.append((rec, arr))
             rec["max_s"] = int(arr.max()) / 1000.0
             rec["sum_s"] = total / 1000.0
         else:

@@ -731,3 +731,22 @@ def test_ten_million_values():
     assert worst <= A, worst
     assert s.count == n and s.min == x.min() and s.max == x.max()
     assert len(s.to_bytes()) < 4096
+
+
+# -- batch queries over segments (the window records' centiles) -----------------------------
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.one_of(st.just(0.0), st.floats(1e-3, 1e7)), max_size=40),
+                min_size=1, max_size=12),
+       st.lists(st.floats(0.0, 1.0), min_size=1, max_size=5))
+def test_segment_quantiles_equal_a_sketch_per_segment(segments, qs):
+    from streams.sketch import segment_quantiles
+    values = np.array([v for seg in segments for v in seg], dtype=np.float64)
+    offsets = np.cumsum([0] + [len(seg) for seg in segments])
+    got = segment_quantiles(values, offsets, qs)
+    for i, seg in enumerate(segments):
+        if not seg:
+            assert np.isnan(got[i]).all()
+            continue
+        sk = QuantileSketch()
+        sk.add_many(np.array(seg))
+        assert got[i].tolist() == [sk.quantile(q) for q in qs]
