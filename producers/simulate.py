@@ -124,7 +124,6 @@ def _simulate(trusts, start_ms, days, rng, id_prefix):
         first_tc = rng.random(n) < np.where(cat == 0, 0.6, 0.9)
         c1_none = (cat == 0) & (rng.random(n) < tp.c1_no_transport)
         # call_received
-        answered = np.where(redirect_recv, "MUTUAL", tp.code)
         kinds.append(np.zeros(n, np.int8)); cids.append(ids); tss.append(recv)
         trust_col.append(np.full(n, t_index)); extra.append(np.where(redirect_recv, 1, 0))
         # triaged (not for calls redirected at receipt)

@@ -229,16 +229,8 @@ class EpisodeJoin:
             ep = opened.popleft()
             if ep.first_ts < 0 or self.open.get(ep.call_id) is not ep:
                 continue
-            if ep.recv_ts is None:
-                reason = "no_call_received"
-            elif ep.triage is None:
-                reason = "no_triage"
-            else:
-                reason = "no_crew_arrival"
             del self.open[ep.call_id]
-            self._stop_waiting(ep)
-            self.incomplete[reason] = self.incomplete.get(reason, 0) + 1
-            self.sink.on_incomplete(reason, ep.trust)
+            self._release_incomplete(ep)
             # remember it so stragglers are counted, not mistaken for a new call
             self.decided[ep.call_id] = now
             self._decided_order.append((now, ep.call_id))
@@ -252,6 +244,17 @@ class EpisodeJoin:
                     del self.pending_c1t[cid]
                     self.counters["c1_without_transport"] += 1
 
+    def _release_incomplete(self, ep: Episode) -> None:
+        if ep.recv_ts is None:
+            reason = "no_call_received"
+        elif ep.triage is None:
+            reason = "no_triage"
+        else:
+            reason = "no_crew_arrival"
+        self._stop_waiting(ep)
+        self.incomplete[reason] = self.incomplete.get(reason, 0) + 1
+        self.sink.on_incomplete(reason, ep.trust)
+
     def pressure(self, now: int) -> dict[tuple[str, str], tuple[int, int]]:
         """(trust, category) -> (calls waiting for a crew, longest wait in ms) at `now`."""
         out = {}
@@ -263,15 +266,7 @@ class EpisodeJoin:
     def finish(self) -> None:
         """End of input: every open episode is incomplete, every pending C1T is closed."""
         for ep in list(self.open.values()):
-            if ep.recv_ts is None:
-                reason = "no_call_received"
-            elif ep.triage is None:
-                reason = "no_triage"
-            else:
-                reason = "no_crew_arrival"
-            self._stop_waiting(ep)
-            self.incomplete[reason] = self.incomplete.get(reason, 0) + 1
-            self.sink.on_incomplete(reason, ep.trust)
+            self._release_incomplete(ep)
         self.open.clear()
         self._opened.clear()
         self.counters["c1_without_transport"] += len(self.pending_c1t)

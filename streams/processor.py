@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Protocol
 
 import numpy as np
 
-from streams.episodes import C1T, EpisodeJoin
+from streams.episodes import EpisodeJoin
 from streams.events import DeadLetter, Event
 from streams.settings import ProcessingSettings
 from streams.sketch import QuantileSketch
@@ -31,6 +31,24 @@ class Outputs(Protocol):
     def stats(self, record: dict) -> None: ...
     def alert(self, record: dict) -> None: ...
     def dead_letter(self, letter: DeadLetter) -> None: ...
+
+
+class CollectingOutputs:
+    """Outputs kept in lists: the worker drains them after each batch; tests read them."""
+
+    def __init__(self) -> None:
+        self.stats_records: list[dict] = []
+        self.alert_records: list[dict] = []
+        self.dead_letters: list[DeadLetter] = []
+
+    def stats(self, record: dict) -> None:
+        self.stats_records.append(record)
+
+    def alert(self, record: dict) -> None:
+        self.alert_records.append(record)
+
+    def dead_letter(self, letter: DeadLetter) -> None:
+        self.dead_letters.append(letter)
 
 
 class Rules(Protocol):

@@ -18,7 +18,7 @@ import orjson
 
 from streams.errors import CallstreamError
 from streams.events import DeadLetter, Event, decode
-from streams.processor import Processor
+from streams.processor import CollectingOutputs, Processor
 from streams.settings import ConfigError, ProcessingSettings, load_config_file, processing_from_table
 
 _ADVANCE_EVERY = 8192
@@ -47,31 +47,13 @@ class FileOutputs:
             f.close()
 
 
-class MemoryOutputs:
-    """Outputs kept in lists (tests, benchmarks and parity checks)."""
-
-    def __init__(self) -> None:
-        self.stats_records: list[dict] = []
-        self.alert_records: list[dict] = []
-        self.dead_letters: list[DeadLetter] = []
-
-    def stats(self, record: dict) -> None:
-        self.stats_records.append(record)
-
-    def alert(self, record: dict) -> None:
-        self.alert_records.append(record)
-
-    def dead_letter(self, letter: DeadLetter) -> None:
-        self.dead_letters.append(letter)
-
-
 def process_records(records: Iterable[tuple[str, int, bytes]], settings: ProcessingSettings,
                     rules=None, outputs=None,
                     on_batch: Callable[[Processor], None] | None = None) -> tuple[dict, object]:
     """Decode and process (source, line number, raw bytes) records; returns (summary, outputs).
 
     This is the whole offline pipeline; `run_offline` only adds files around it."""
-    outputs = outputs if outputs is not None else MemoryOutputs()
+    outputs = outputs if outputs is not None else CollectingOutputs()
     processor = Processor(settings, outputs, rules=rules, position_kind="line")
     max_bytes = settings.max_record_bytes
     feed, reject, advance = processor.feed, processor.reject, processor.advance
@@ -92,7 +74,7 @@ def process_records(records: Iterable[tuple[str, int, bytes]], settings: Process
 
 
 def process_lines(lines: Iterable[bytes], settings: ProcessingSettings, rules=None,
-                  source: str = "memory") -> tuple[dict, MemoryOutputs]:
+                  source: str = "memory") -> tuple[dict, CollectingOutputs]:
     """Replay raw JSON lines held in memory (tests, benchmarks, parity checks)."""
     return process_records(((source, i, line) for i, line in enumerate(lines, 1)),
                            settings, rules)  # type: ignore[return-value]

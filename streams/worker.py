@@ -16,7 +16,7 @@ import orjson
 
 from streams.errors import CallstreamError
 from streams.events import DeadLetter, Event, decode
-from streams.processor import Processor
+from streams.processor import CollectingOutputs, Processor
 from streams.settings import ProcessingSettings
 from streams.topics import TopicNames
 
@@ -40,24 +40,6 @@ class WorkerConfig:
     @property
     def app_id(self) -> str:
         return f"{self.topic_prefix}callstream"
-
-
-class BufferedOutputs:
-    """Collects processor outputs during a batch; the agent sends them afterwards."""
-
-    def __init__(self) -> None:
-        self.stats_records: list[dict] = []
-        self.alert_records: list[dict] = []
-        self.dead_letters: list[DeadLetter] = []
-
-    def stats(self, record: dict) -> None:
-        self.stats_records.append(record)
-
-    def alert(self, record: dict) -> None:
-        self.alert_records.append(record)
-
-    def dead_letter(self, letter: DeadLetter) -> None:
-        self.dead_letters.append(letter)
 
 
 def stats_key(record: dict) -> bytes:
@@ -95,7 +77,7 @@ def build_app(config: WorkerConfig):
     out_alerts = app.topic(topics.alerts, key_serializer="raw", value_serializer="raw")
     out_dead = app.topic(topics.deadletter, key_serializer="raw", value_serializer="raw")
 
-    outputs = BufferedOutputs()
+    outputs = CollectingOutputs()
     processor = Processor(config.settings, outputs, rules=config.rules, position_kind="offset")
     counters = app.callstream_counters = {"events": 0, "dead_letters": 0, "stats": 0}
     app.callstream_processor = processor
@@ -119,7 +101,7 @@ def build_app(config: WorkerConfig):
             counters["events"] += len(batch)
             await _flush(outputs)
 
-    async def _flush(out: BufferedOutputs) -> None:
+    async def _flush(out: CollectingOutputs) -> None:
         for letter in out.dead_letters:
             key = dead_keys.pop(id(letter), None)
             await out_dead.send(key=key, value=orjson.dumps(letter.to_dict()))
