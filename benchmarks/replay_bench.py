@@ -23,18 +23,18 @@ ROOT = Path(__file__).resolve().parent.parent
 EVENTS_PER_DAY = 87_000
 
 REPLAY = r"""
-import json, resource, sys, time
+import json, sys, time
 from streams.replay import run_offline
 from streams.settings import ProcessingSettings
 t = time.perf_counter()
 s = run_offline([sys.argv[1]], sys.argv[2], ProcessingSettings(), progress=False)
 el = time.perf_counter() - t
-print(json.dumps({"seconds": el, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "summary": s}))
+hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")][0]
+print(json.dumps({"seconds": el, "peak_rss_mb": hwm / 1024, "summary": s}))
 """
 
 PANDAS = r"""
-import json, resource, sys, time
+import json, sys, time
 import numpy as np, pandas as pd
 t = time.perf_counter()
 cols = ["type", "call_id", "ts", "trust", "answered_by", "category", "disposition", "transport_capable"]
@@ -80,11 +80,14 @@ for cat in ("C1", "C2", "C3", "C4"):
 c1 = d[(d.category == "C1") & d.tc.notna()]
 out["categories"]["C1T"] = stats(c1.tc - c1.start)
 el = time.perf_counter() - t
-print(json.dumps({"seconds": el, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "summary": out}))
+hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")][0]
+print(json.dumps({"seconds": el, "peak_rss_mb": hwm / 1024, "summary": out}))
 """
 
 
 def run_child(code: str, *args: str) -> dict:
+    """Run in a fresh interpreter; peak RSS is the child's own VmHWM (reset by exec, unlike
+    ru_maxrss, which a child inherits from a large parent)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env)
     if r.returncode != 0:
@@ -113,17 +116,18 @@ def main() -> None:
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--skip-pandas", action="store_true")
     args = ap.parse_args()
-    sys.path.insert(0, str(ROOT))
-    from producers.simulate import england, generate, write_jsonl
-    from streams.timefmt import parse_ts
-
     work = Path(args.workdir or tempfile.mkdtemp(prefix="replay-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     days = args.events / EVENTS_PER_DAY
     log = work / f"england-{args.events}.jsonl"
     t = time.perf_counter()
     if not log.exists():
-        write_jsonl(generate(england(), parse_ts("2026-01-01T00:00:00.000Z"), days, seed=42), str(log))
+        # generate in a child too, so this process stays small
+        code = ("import sys; from producers.simulate import england, generate, write_jsonl; "
+                "from streams.timefmt import parse_ts; write_jsonl(generate(england(), "
+                "parse_ts('2026-01-01T00:00:00.000Z'), float(sys.argv[1]), seed=42), sys.argv[2])")
+        subprocess.run([sys.executable, "-c", code, str(days), str(log)], check=True,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
     gen_s = time.perf_counter() - t
     n_lines = sum(1 for _ in open(log, "rb"))
 
