@@ -127,7 +127,7 @@ def decode(raw: bytes, source: str, position: int,
 
 
 def validate(obj: object, raw: bytes, source: str, position: int) -> Event | Rejection:
-    """Validate an already-parsed JSON value (the batch decoder parses many at once)."""
+    """Validate an already-parsed JSON value; the checks are ordered for the common case."""
     if type(obj) is not dict:
         return Rejection("not_an_object", f"expected a JSON object, got {type(obj).__name__}")
     get = obj.get
