@@ -86,6 +86,9 @@ class EpisodeJoin:
         self.pending_c1t: dict[str, PendingC1T] = {}
         #: (trust, category) -> {call_id: clock_start} for calls waiting for a crew.
         self.waiting: dict[tuple[str, str], dict[str, int]] = {}
+        #: (trust, category) -> earliest clock start among its waiting calls, when known;
+        #: dropped whenever that call leaves, so `pressure` rescans a key only then
+        self._oldest: dict[tuple[str, str], int] = {}
         self.counters = {"duplicates": 0, "after_final": 0, "inconsistent": 0,
                          "c1_without_transport": 0}
         self.incomplete: dict[str, int] = {}
@@ -176,8 +179,12 @@ class EpisodeJoin:
                 self._stop_waiting(ep)
                 self.waiting.setdefault(key, {})[ep.call_id] = start
                 ep.waiting_key = key
+                oldest = self._oldest.get(key)
+                if oldest is not None and start < oldest:
+                    self._oldest[key] = start
             else:
                 self.waiting[key][ep.call_id] = start
+                self._oldest.pop(key, None)
             return
         self._decide(ep, now)
         stop = arrival.ts
@@ -215,7 +222,9 @@ class EpisodeJoin:
         if ep.waiting_key is not None:
             waiting = self.waiting.get(ep.waiting_key)
             if waiting is not None:
-                waiting.pop(ep.call_id, None)
+                start = waiting.pop(ep.call_id, None)
+                if start is not None and start == self._oldest.get(ep.waiting_key):
+                    del self._oldest[ep.waiting_key]
                 if not waiting:
                     del self.waiting[ep.waiting_key]
             ep.waiting_key = None
@@ -258,8 +267,12 @@ class EpisodeJoin:
     def pressure(self, now: int) -> dict[tuple[str, str], tuple[int, int]]:
         """(trust, category) -> (calls waiting for a crew, longest wait in ms) at `now`."""
         out = {}
+        cache = self._oldest
         for key, calls in self.waiting.items():
-            longest = now - min(calls.values())
+            oldest = cache.get(key)
+            if oldest is None:
+                oldest = cache[key] = min(calls.values())
+            longest = now - oldest
             out[key] = (len(calls), longest if longest > 0 else 0)
         return out
 

@@ -52,10 +52,14 @@ class CollectingOutputs:
 
 
 class Rules(Protocol):
-    """Alert evaluation hook (streams.rules); called at every closed bucket."""
+    """Alert evaluation hook (streams.rules); called at every closed bucket.
+
+    `records` are the window records closed at `end`; `pressure()` gives (trust, category) ->
+    (calls waiting, longest wait ms) at `end`; `last_call` maps trust -> event time of its latest
+    processed call (the data-gap rule reads it)."""
 
     def evaluate(self, end: int, records: list[dict], pressure: Callable[[], dict],
-                 emit: Callable[[dict], None]) -> None: ...
+                 last_call: dict[str, int], emit: Callable[[dict], None]) -> None: ...
 
 
 class CategoryTotals:
@@ -113,6 +117,7 @@ class Processor:
         self.hear_and_treat = 0
         self.redirected = 0
         self.categories = {c: CategoryTotals(settings.relative_accuracy) for c in CATEGORY_KEYS}
+        self.last_call: dict[str, int] = {}
         self.stats_records = 0
         self.alert_records = 0
         self.finished = False
@@ -203,13 +208,16 @@ class Processor:
         return self.summary()
 
     def _drain_until(self, end: int) -> None:
-        """After the last event: close buckets up to `end`, stopping once nothing is left."""
+        """After the last event: close buckets up to `end`, stopping once nothing is left.
+
+        Rules are not evaluated here: time after the end of input is not a silent stream,
+        so it must raise no data gaps, no growing waits and no verdicts on emptying windows."""
         while self.frontier < end:
-            self._boundary(self.frontier + self.bucket_ms)
+            self._boundary(self.frontier + self.bucket_ms, rules=False)
             self.frontier += self.bucket_ms
 
     # -- event-time boundary -----------------------------------------------------------
-    def _boundary(self, end: int) -> None:
+    def _boundary(self, end: int, rules: bool = True) -> None:
         self.join.expire(end)
         pressure_cache: list = []
 
@@ -223,8 +231,8 @@ class Processor:
         for rec in records:
             stats(rec)
         self.stats_records += len(records)
-        if self.rules is not None:
-            self.rules.evaluate(end, records, pressure, self._emit_alert)
+        if rules and self.rules is not None:
+            self.rules.evaluate(end, records, pressure, self.last_call, self._emit_alert)
 
     def _emit_alert(self, record: dict) -> None:
         self.alert_records += 1
@@ -233,6 +241,8 @@ class Processor:
     # -- OutcomeSink (called by the join) ----------------------------------------------
     def on_call(self, trust: str, ts: int) -> None:
         self.calls += 1
+        if ts > self.last_call.get(trust, -1):
+            self.last_call[trust] = ts
         self.windows.add_total(trust, ts, CALLS)
 
     def on_hear_and_treat(self, trust: str, ts: int) -> None:

@@ -186,22 +186,20 @@ def run_offline(paths: list[str], out_dir: str | Path, settings: ProcessingSetti
     return summary
 
 
+#: top-level tables of the --config file; anything else is a typo worth one clear line
+CONFIG_SECTIONS = ("processing", "alerts")
+
+
 def load_settings_and_rules(config: str | None, clock: str | None):
     """Processing settings and the rule evaluator from one --config file."""
+    from streams.rules import build_evaluator
     doc = load_config_file(config)
+    extra = sorted(set(doc) - set(CONFIG_SECTIONS))
+    if extra:
+        raise ConfigError(f"config: unknown section [{extra[0]}] (known: "
+                          f"{', '.join('[' + s + ']' for s in CONFIG_SECTIONS)})")
     settings = processing_from_table(doc.get("processing", {})).with_clock(clock)
-    rules = None
-    try:
-        from streams import rules as rules_mod
-    except ImportError:  # pragma: no cover - rules arrive with their own issue
-        rules_mod = None
-    if rules_mod is not None:
-        rules = rules_mod.build_evaluator(doc, settings)
-    else:
-        extra = sorted(set(doc) - {"processing"})
-        if extra:
-            raise ConfigError(f"config: unknown section {extra[0]!r}")
-    return settings, rules
+    return settings, build_evaluator(doc, settings)
 
 
 def cli(args) -> int:
