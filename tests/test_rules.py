@@ -493,3 +493,46 @@ def test_shortcuts_match_the_exhaustive_evaluation():
     assert [(a["at"], a["fingerprint"], a["status"], a["repeat"]) for a in fast] == \
         [(a["at"], a["fingerprint"], a["status"], a["repeat"]) for a in plain]
     assert [a["summary"] for a in fast] == [a["summary"] for a in plain]
+
+
+def test_winter_surge_raises_the_expected_alerts_and_nothing_else():
+    """A trust meeting the C2 standard at first; over the day C2 responses degrade and mutual-aid
+    redirects climb past 10 %. Expected: the C2 mean alert, the redirect warning and then the
+    redirect critical, each once, none resolved, each at the second consecutive breaching
+    window (the 15-minute `for`) of the hour records the processor published."""
+    from producers.simulate import DEFAULT_RESPONSE, TrustProfile, generate
+    from streams.timefmt import parse_ts
+    good = dict(DEFAULT_RESPONSE, C2=(840.0, 1700.0))           # C2 mean 14 min, 90th ~28 min
+    trust = TrustProfile("LAS", 6000, mean_p90_s=good, redirect_at_receipt=0.0025,
+                         redirect_by_triage=0.0025)
+    lines = list(generate([trust], parse_ts("2026-01-14T00:00:00Z"), 1.0, seed=11,
+                          scenario="winter-surge"))
+    doc = only({"c2_mean": {"metric": "response_mean", "category": "C2", "warning": "18m",
+                            "scope": ["trusts"]},
+                "redirect_share": {"metric": "redirect_share", "warning": "5%",
+                                   "critical": "10%", "scope": ["trusts"]}})
+    summary, out = process_lines(lines, SETTINGS, build_evaluator(doc, SETTINGS))
+    got = [(a["rule"], a["labels"]["severity"], a["status"]) for a in out.alert_records]
+    assert sorted(got) == [("c2_mean", "warning", "firing"),
+                           ("redirect_share", "critical", "firing"),
+                           ("redirect_share", "warning", "firing")]
+    order = [(r, s) for r, s, _ in got]
+    assert order.index(("redirect_share", "warning")) < order.index(("redirect_share", "critical"))
+
+    hour = [r for r in out.stats_records if r["window"] == "1h" and r["trust"] == "LAS"]
+    c2 = {r["end"]: r for r in hour if r["category"] == "C2"}
+    calls = {r["end"]: r for r in hour if r["category"] == "ALL"}
+
+    def second_breach(values: dict, threshold: float) -> str:
+        ends = sorted(values)
+        for prev, cur in zip(ends, ends[1:]):
+            if values[prev] > threshold and values[cur] > threshold:
+                return cur
+        raise AssertionError("never breached twice in a row")
+
+    mean = {e: r["mean_s"] for e, r in c2.items() if r["count"] >= 20}
+    share = {e: r["redirected"] / r["calls"] for e, r in calls.items() if r["calls"] >= 20}
+    at_of = {(a["rule"], a["labels"]["severity"]): a["at"] for a in out.alert_records}
+    assert at_of[("c2_mean", "warning")] == second_breach(mean, 1080.0)
+    assert at_of[("redirect_share", "warning")] == second_breach(share, 0.05)
+    assert at_of[("redirect_share", "critical")] == second_breach(share, 0.10)
