@@ -4,8 +4,9 @@ Consumes the three input topics (co-partitioned by call_id) as raw bytes in batc
 with `streams.events.decode` (the same decoder as the offline replay), sends every rejected
 record to `calls.deadletter` with its original bytes, reason and topic/partition/offset, and
 feeds valid events to a `Processor` whose window records go to `calls.stats` and alerts to
-`calls.alerts`. Scale-out across workers (two-level aggregation) is a later step; one worker
-owning all partitions gives exactly the offline replay's answers."""
+`calls.alerts`. The control-room feed (dashboard, API, /metrics, Alertmanager notifications)
+is attached by `streams.web.attach`. Scale-out across workers (two-level aggregation) is a
+later step; one worker owning all partitions gives exactly the offline replay's answers."""
 
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ class WorkerConfig:
     data_dir: str | None = None
     settings: ProcessingSettings = field(default_factory=ProcessingSettings)
     rules: object | None = None
+    web_token: str | None = None            # required when web_host is not loopback
+    alertmanager_url: str | None = None
 
     @property
     def app_id(self) -> str:
@@ -81,6 +84,12 @@ def build_app(config: WorkerConfig):
     processor = Processor(config.settings, outputs, rules=config.rules, position_kind="offset")
     counters = app.callstream_counters = {"events": 0, "dead_letters": 0, "stats": 0}
     app.callstream_processor = processor
+    from streams.web.attach import attach
+    control_room = attach(app, bootstrap=config.bootstrap, topics=topics, group_id=config.app_id,
+                          web_host=config.web_host, web_token=config.web_token,
+                          alertmanager_url=config.alertmanager_url,
+                          watermark=lambda: processor.watermark,
+                          timezone=config.settings.timezone)
     max_bytes = config.settings.max_record_bytes
     dead_keys: dict[int, bytes | None] = {}
 
@@ -112,6 +121,7 @@ def build_app(config: WorkerConfig):
         for rec in out.alert_records:
             await out_alerts.send(key=str(rec.get("fingerprint", "")).encode(),
                                   value=orjson.dumps(rec))
+            control_room.alert(rec)
         out.dead_letters.clear()
         out.stats_records.clear()
         out.alert_records.clear()
@@ -132,6 +142,8 @@ def preflight(config: WorkerConfig) -> None:
 
 def run_worker(config: WorkerConfig, loglevel: str = "info") -> int:
     from faust import Worker
+    from streams.web.attach import check_options
+    check_options(config.web_host, config.web_token, config.alertmanager_url)  # before Kafka
     preflight(config)
     app = build_app(config)
     worker = Worker(app, loglevel=loglevel, quiet=True)
@@ -149,5 +161,6 @@ def cli(args) -> int:
     config = WorkerConfig(bootstrap=args.bootstrap, topic_prefix=args.topic_prefix,
                           partitions=args.partitions, web_host=args.web_host,
                           web_port=args.web_port, data_dir=args.data_dir, settings=settings,
-                          rules=rules)
+                          rules=rules, web_token=args.web_token,
+                          alertmanager_url=args.alertmanager_url)
     return run_worker(config, args.loglevel)

@@ -1,0 +1,198 @@
+"""Feeds a `LiveView` from the output topics and measures the stream's health.
+
+Reading `calls.stats`, `calls.alerts` and `calls.deadletter` (every partition, no consumer
+group) rather than the local processor's outputs means any worker's dashboard shows the
+whole system, whichever worker produced a record, and a restarted worker rebuilds its view:
+alerts are read from the beginning (an alert may have been firing for days), stats from the
+trend span ago, dead letters from now on (counts since this worker started; only the reason
+is read, never the rejected bytes).
+
+Health is measured against Kafka as well: consumer lag and events/s from the worker group's
+committed offsets against the input topics' end offsets (all workers together), broker
+connectivity from whether those requests succeed. The watermark comes from the local
+processor through a callable."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import Callable
+
+import orjson
+
+from streams.feed import HealthFacts, LiveView
+from streams.topics import TopicNames
+
+log = logging.getLogger("callstream.feed")
+
+FETCH_BYTES = 16 * 1024 * 1024
+
+
+class RateMeter:
+    """Events per second from a monotonically growing total, over a sliding wall-clock span."""
+
+    def __init__(self, span_s: float = 10.0) -> None:
+        self.span_s = span_s
+        self.samples: deque[tuple[float, int]] = deque()
+
+    def add(self, now: float, total: int) -> float | None:
+        self.samples.append((now, total))
+        while len(self.samples) > 2 and now - self.samples[1][0] >= self.span_s:
+            self.samples.popleft()
+        t0, n0 = self.samples[0]
+        if now - t0 <= 0:
+            return None
+        return round(max(total - n0, 0) / (now - t0), 2)
+
+
+def lag_and_position(end: dict, committed: dict) -> tuple[int, int]:
+    """(messages not yet processed, messages processed) over input partitions; a partition the
+    group has not committed yet counts from offset 0."""
+    lag = done = 0
+    for tp, hi in end.items():
+        pos = committed.get(tp)
+        pos = 0 if pos is None or pos < 0 else min(pos, hi)
+        lag += hi - pos
+        done += pos
+    return lag, done
+
+
+class TopicFeed:
+    """Runs in the worker's event loop (`await feed.run()` until cancelled)."""
+
+    def __init__(self, live: LiveView, bootstrap: str, topics: TopicNames, group_id: str,
+                 watermark: Callable[[], int | None] | None = None,
+                 probe_every_s: float = 2.0, request_timeout_s: float = 5.0) -> None:
+        self.live = live
+        self.bootstrap = bootstrap
+        self.topics = topics
+        self.group_id = group_id
+        self.watermark = watermark or (lambda: None)
+        self.probe_every_s = probe_every_s
+        self.request_timeout_s = request_timeout_s
+        self.rate = RateMeter()
+        self.records = 0
+        self._inputs: list = []
+
+    async def run(self) -> None:
+        from aiokafka import AIOKafkaConsumer
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
+                                    enable_auto_commit=False, client_id="callstream-feed",
+                                    max_partition_fetch_bytes=FETCH_BYTES,
+                                    fetch_max_bytes=4 * FETCH_BYTES)
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap,
+                                    client_id="callstream-feed-admin",
+                                    request_timeout_ms=int(self.request_timeout_s * 1000))
+        started: list = []
+        try:
+            await self._until_connected(consumer.start)
+            started.append(consumer.stop)
+            await self._until_connected(admin.start)
+            started.append(admin.close)
+            await self._assign(consumer, admin)
+            handlers = {self.topics.stats: self._stats, self.topics.alerts: self._alert,
+                        self.topics.deadletter: self._dead_letter}
+            next_probe = 0.0
+            while True:
+                batches = await consumer.getmany(timeout_ms=250, max_records=5000)
+                for tp, messages in batches.items():
+                    handle = handlers[tp.topic]
+                    for msg in messages:
+                        handle(msg.value)
+                    self.records += len(messages)
+                if time.monotonic() >= next_probe:
+                    await self._probe(consumer, admin)
+                    next_probe = time.monotonic() + self.probe_every_s
+        finally:
+            for close in reversed(started):
+                try:
+                    await close()
+                except Exception:  # noqa: BLE001 - shutting down; nothing left to save
+                    pass
+
+    async def _until_connected(self, start) -> None:
+        delay = 1.0
+        while True:
+            try:
+                await start()
+                return
+            except Exception as exc:  # noqa: BLE001 - any client failure means "not yet"
+                self.live.update_health(HealthFacts(broker_connected=False,
+                                                    watermark_ms=self.watermark()))
+                log.warning("live feed: cannot reach Kafka at %s (%s); retrying",
+                            self.bootstrap, exc.__class__.__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def _assign(self, consumer, admin) -> None:
+        from aiokafka import TopicPartition
+
+        wanted = (self.topics.stats, self.topics.alerts, self.topics.deadletter)
+        described = await admin.describe_topics(list(wanted + self.topics.inputs))
+        tps = {d["topic"]: [TopicPartition(d["topic"], p["partition"])
+                            for p in sorted(d["partitions"], key=lambda p: p["partition"])]
+               for d in described}
+        missing = [t for t in wanted + self.topics.inputs if not tps.get(t)]
+        if missing:       # the worker's preflight creates them; this would be a bug
+            raise RuntimeError(f"live feed: topics without partitions: {', '.join(missing)}")
+        consumer.assign([tp for t in wanted for tp in tps[t]])
+        if tps[self.topics.alerts]:
+            await consumer.seek_to_beginning(*tps[self.topics.alerts])
+        if tps[self.topics.deadletter]:
+            await consumer.seek_to_end(*tps[self.topics.deadletter])
+        since_ms = int((time.time() - self.live.trend_span_s - 2 * 3600) * 1000)
+        stats = tps[self.topics.stats]
+        if stats:
+            found = await consumer.offsets_for_times({tp: since_ms for tp in stats})
+            for tp in stats:
+                if found.get(tp) is not None:
+                    consumer.seek(tp, found[tp].offset)
+                else:
+                    await consumer.seek_to_end(tp)
+        self._inputs = [tp for t in self.topics.inputs for tp in tps[t]]
+
+    def _stats(self, value: bytes | None) -> None:
+        rec = _json(value)
+        if rec is not None:
+            self.live.on_stats(rec)
+
+    def _alert(self, value: bytes | None) -> None:
+        rec = _json(value)
+        if rec is not None:
+            self.live.on_alert(rec)
+
+    def _dead_letter(self, value: bytes | None) -> None:
+        rec = _json(value)
+        self.live.on_dead_letter(rec.get("reason") if isinstance(rec, dict) else "unknown")
+
+    async def _probe(self, consumer, admin) -> None:
+        connected, lag, rate = True, None, None
+        try:
+            end, committed = await asyncio.wait_for(self._offsets(consumer, admin),
+                                                    self.request_timeout_s)
+            lag, done = lag_and_position(end, committed)
+            rate = self.rate.add(time.monotonic(), done)
+        except Exception as exc:  # noqa: BLE001 - a failed probe is the fact we report
+            connected = False
+            log.debug("live feed: health probe failed: %r", exc)
+        self.live.update_health(HealthFacts(broker_connected=connected, consumer_lag=lag,
+                                            events_per_s=rate, watermark_ms=self.watermark()))
+
+    async def _offsets(self, consumer, admin) -> tuple[dict, dict]:
+        end = await consumer.end_offsets(self._inputs) if self._inputs else {}
+        offsets = await admin.list_consumer_group_offsets(self.group_id, partitions=self._inputs) \
+            if self._inputs else {}
+        return end, {tp: om.offset for tp, om in offsets.items()}
+
+
+def _json(value: bytes | None):
+    if not value:
+        return None
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None

@@ -1,0 +1,136 @@
+"""The Kafka adapter of the live view: output topics into a LiveView, health facts measured
+against the real broker (lag, broker loss)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+
+from producers.kafka_io import ensure_topics, make_producer
+from streams.broker import LocalBroker, free_port
+from streams.feed import LiveView
+from streams.topics import TopicNames
+from streams.web.topicfeed import RateMeter, TopicFeed, lag_and_position
+from tests.test_feed import alert_rec, stats_rec, totals_rec
+
+
+def test_lag_counts_uncommitted_partitions_from_zero():
+    end = {("t", 0): 10, ("t", 1): 5, ("t", 2): 0, ("t", 3): 7}
+    committed = {("t", 0): 4, ("t", 1): -1, ("t", 3): 9}      # 9 > end: clamp (truncated log)
+    assert lag_and_position(end, committed) == (6 + 5 + 0 + 0, 4 + 0 + 0 + 7)
+
+
+def test_rate_meter_uses_the_last_span():
+    meter = RateMeter(span_s=10.0)
+    assert meter.add(0.0, 0) is None
+    for t in range(1, 31):
+        rate = meter.add(float(t), 100 * t)                    # 100 events/s throughout
+    assert rate == 100.0 and meter.samples[0][0] >= 19         # older samples dropped
+    assert meter.add(40.0, 3000) == 0.0                        # a stall: nothing processed
+
+
+async def until(cond, timeout: float, task) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if task.done():
+            task.result()                                      # surface the feed's exception
+        if cond():
+            return True
+        await asyncio.sleep(0.1)
+    return bool(cond())
+
+
+async def stop(task) -> None:
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+
+
+def test_feed_reads_output_topics_and_measures_lag(kafka_bootstrap, topic_prefix):
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    topics = TopicNames.with_prefix(topic_prefix)
+    ensure_topics(kafka_bootstrap, topics, 3)
+    producer = make_producer(kafka_bootstrap)
+    # history written before the feed starts: alerts are read from the beginning
+    for rec in (alert_rec("a" * 16, at_min=1), alert_rec("b" * 16, at_min=2),
+                alert_rec("b" * 16, status="resolved", at_min=3)):   # keyed like the worker's
+        producer.send(topics.alerts, orjson.dumps(rec), key=rec["fingerprint"].encode())
+    producer.send(topics.stats, orjson.dumps(stats_rec(60, mean_s=1111.0)))
+    # ten input events on partition 0, of which the worker group has committed four
+    for _ in range(10):
+        producer.send(topics.received, b"{}", partition=0)
+    producer.flush()
+    group = f"{topic_prefix}callstream"
+    committer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group,
+                              enable_auto_commit=False)
+    committer.commit({TopicPartition(topics.received, 0): OffsetAndMetadata(4, None, -1)})
+    committer.close()
+
+    live = LiveView()
+    feed = TopicFeed(live, kafka_bootstrap, topics, group, watermark=lambda: 1_768_400_000_000,
+                     probe_every_s=0.2)
+
+    def produce_more():
+        producer.send(topics.stats, orjson.dumps(totals_rec(75, calls=77)))
+        producer.send(topics.deadletter, orjson.dumps(
+            {"reason": "malformed_json", "detail": "x", "source": "s", "offset": 1,
+             "raw": "RAW-BYTES"}))
+        producer.send(topics.deadletter, b"not json at all")
+        producer.flush()
+
+    async def main():
+        task = asyncio.create_task(feed.run())
+        try:
+            assert await until(lambda: live.facts.consumer_lag is not None
+                               and live.alerts()["active"] and live.stats_list(), 30, task)
+            await asyncio.get_running_loop().run_in_executor(None, produce_more)
+            assert await until(lambda: live.totals_list() and sum(live.dead_letters.values()) == 2,
+                               30, task)
+        finally:
+            await stop(task)
+
+    try:
+        asyncio.run(main())
+    finally:
+        producer.close()
+    assert [a["fingerprint"] for a in live.alerts()["active"]] == ["a" * 16]
+    assert [(a["fingerprint"], a["status"]) for a in live.alerts()["recent"]] == \
+        [("b" * 16, "resolved"), ("b" * 16, "firing"), ("a" * 16, "firing")]
+    assert live.stats_list()[0]["mean_s"] == 1111.0
+    assert live.totals_list()[0]["calls"] == 77
+    assert live.dead_letters == {"malformed_json": 1, "unknown": 1}
+    assert live.facts.consumer_lag == 6 and live.facts.broker_connected is True
+    assert live.facts.watermark_ms == 1_768_400_000_000
+    assert b"RAW-BYTES" not in orjson.dumps([live.health(), live.stats_list(), live.alerts()])
+
+
+def test_broker_loss_is_reported(kafka_jars, tmp_path):
+    """A private broker (the session one must stay up): stop it, and the feed says so."""
+    port, controller = free_port(), free_port()
+    broker = LocalBroker(tmp_path / "broker", port=port, controller_port=controller)
+    broker.start(timeout=90, die_with_parent=True)
+    try:
+        topics = TopicNames.with_prefix("loss.")
+        ensure_topics(broker.bootstrap, topics, 1)
+        live = LiveView()
+        feed = TopicFeed(live, broker.bootstrap, topics, "loss.callstream", probe_every_s=0.2,
+                         request_timeout_s=2.0)
+
+        async def main():
+            task = asyncio.create_task(feed.run())
+            try:
+                assert await until(lambda: live.facts.broker_connected, 30, task)
+                await asyncio.get_running_loop().run_in_executor(None, broker.stop)
+                assert await until(lambda: live.facts.broker_connected is False, 30, task)
+                assert live.health()["broker_connected"] is False
+            finally:
+                await stop(task)
+        asyncio.run(main())
+    finally:
+        broker.stop()
