@@ -66,12 +66,25 @@ class MonthFigures:
         return self.incidents / self.days
 
 
+def shared_dir() -> Path:
+    """The project's shared folder (`../shared` beside the repository, with docs and data):
+    `$CALLSTREAM_SHARED`, else the first `shared/` beside the repository or one of its parents
+    (a CI clone may live deeper), else `/work/shared`."""
+    env = os.environ.get("CALLSTREAM_SHARED")
+    if env:
+        return Path(env)
+    for parent in Path(__file__).resolve().parents[1:]:
+        if (parent / "shared" / "data").is_dir():
+            return parent / "shared"
+    return Path("/work/shared")
+
+
 def data_dir() -> Path:
-    """`$CALLSTREAM_AMBSYS_DIR`, else `shared/data/ambsys` beside the repository."""
+    """`$CALLSTREAM_AMBSYS_DIR`, else `data/ambsys` in the shared folder."""
     env = os.environ.get("CALLSTREAM_AMBSYS_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared" / "data" / "ambsys"
+    return shared_dir() / "data" / "ambsys"
 
 
 def _number(value: str) -> float | None:

@@ -245,7 +245,10 @@ def render_server_properties(port: int, controller_port: int, data_dir: Path,
 
 def new_cluster_id() -> str:
     """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (22 chars)."""
-    return base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+    while True:   # a leading "-" would be read as an option by kafka-storage's parser
+        cid = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 # --------------------------------------------------------------------------- process

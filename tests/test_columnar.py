@@ -405,7 +405,7 @@ def scan_lines(lines: list[bytes]):
     calls.reserve(n, len(buf))
     trusts.reserve(n, len(buf))
     S.parse_records(np.frombuffer(buf, np.uint8), starts, ends, n, 0, 16384, ts, code, cid,
-                    trust, *calls.arrays(), *trusts.arrays())
+                    trust, *calls.arrays(), *trusts.arrays(), *S.scratch())
     return [(int(code[i]), int(ts[i]), calls.get(int(cid[i])),
              trusts.get(int(trust[i])) if trust[i] >= 0 else None) for i in range(n)]
 

@@ -72,15 +72,22 @@ def test_feed_reads_output_topics_and_measures_lag(kafka_bootstrap, topic_prefix
     committer.commit({TopicPartition(topics.received, 0): OffsetAndMetadata(4, None, -1)})
     committer.close()
 
+    def dead_letter(reason: str, raw: str) -> bytes:
+        return orjson.dumps({"reason": reason, "detail": "x", "source": "s", "offset": 1,
+                             "raw": raw})
+
+    producer.send(topics.deadletter, dead_letter("before_this_worker", "OLD")).get(10)
+    time.sleep(0.05)
     live = LiveView()
     feed = TopicFeed(live, kafka_bootstrap, topics, group, watermark=lambda: 1_768_400_000_000,
                      probe_every_s=0.2)
+    time.sleep(0.05)
+    # written after the worker started but before the feed runs: counted, not skipped
+    producer.send(topics.deadletter, dead_letter("oversized", "RAW-BYTES")).get(10)
 
     def produce_more():
         producer.send(topics.stats, orjson.dumps(totals_rec(75, calls=77)))
-        producer.send(topics.deadletter, orjson.dumps(
-            {"reason": "malformed_json", "detail": "x", "source": "s", "offset": 1,
-             "raw": "RAW-BYTES"}))
+        producer.send(topics.deadletter, dead_letter("malformed_json", "RAW-BYTES"))
         producer.send(topics.deadletter, b"not json at all")
         producer.flush()
 
@@ -90,7 +97,7 @@ def test_feed_reads_output_topics_and_measures_lag(kafka_bootstrap, topic_prefix
             assert await until(lambda: live.facts.consumer_lag is not None
                                and live.alerts()["active"] and live.stats_list(), 30, task)
             await asyncio.get_running_loop().run_in_executor(None, produce_more)
-            assert await until(lambda: live.totals_list() and sum(live.dead_letters.values()) == 2,
+            assert await until(lambda: live.totals_list() and sum(live.dead_letters.values()) == 3,
                                30, task)
         finally:
             await stop(task)
@@ -104,7 +111,7 @@ def test_feed_reads_output_topics_and_measures_lag(kafka_bootstrap, topic_prefix
         [("b" * 16, "resolved"), ("b" * 16, "firing"), ("a" * 16, "firing")]
     assert live.stats_list()[0]["mean_s"] == 1111.0
     assert live.totals_list()[0]["calls"] == 77
-    assert live.dead_letters == {"malformed_json": 1, "unknown": 1}
+    assert live.dead_letters == {"oversized": 1, "malformed_json": 1, "unknown": 1}
     assert live.facts.consumer_lag == 6 and live.facts.broker_connected is True
     assert live.facts.watermark_ms == 1_768_400_000_000
     assert b"RAW-BYTES" not in orjson.dumps([live.health(), live.stats_list(), live.alerts()])

@@ -164,6 +164,7 @@ class ColumnarReplay:
         self._ends = np.zeros(_BATCH, np.int64)
         self._linenos = np.zeros(_BATCH, np.int64)
         self._blanks = np.zeros(_BATCH, np.int64)
+        self._scratch = S.scratch()
         self.bytes_done = 0
 
     # -- input ---------------------------------------------------------------------------
@@ -263,7 +264,7 @@ class ColumnarReplay:
         self.trusts.reserve(k, nbytes)
         S.parse_records(arr, self._starts, self._ends, k, r0, self.max_bytes,
                         cols.ts, cols.code, cols.cid, cols.trust,
-                        *self.calls.arrays(), *self.trusts.arrays())
+                        *self.calls.arrays(), *self.trusts.arrays(), *self._scratch)
         pending = np.flatnonzero(cols.code[r0:r0 + k] == S.PENDING)
         starts, ends, linenos = self._starts, self._ends, self._linenos
         for i in pending.tolist():

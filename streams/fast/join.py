@@ -36,47 +36,7 @@ _NG, _NH = 10, 8
 _NST = 22
 
 
-@njit(cache=True, nogil=True)
-def _grow2(a, need):
-    if need <= a.shape[0]:
-        return a
-    b = np.zeros((max(need, a.shape[0] + a.shape[0] // 4), a.shape[1]), a.dtype)
-    b[:a.shape[0]] = a
-    return b
-
-
-@njit(cache=True, nogil=True)
-def _grow1(a, need):
-    if need <= a.shape[0]:
-        return a
-    b = np.zeros(max(need, a.shape[0] + a.shape[0] // 4), a.dtype)
-    b[:a.shape[0]] = a
-    return b
-
-
-@njit(cache=True, nogil=True)
-def _deque_room(q, st, h, t, extra):
-    """Room for `extra` more entries at the tail of ring-less deque q[head:tail]."""
-    head = st[h]
-    tail = st[t]
-    if tail + extra <= q.shape[0]:
-        return q
-    live = tail - head
-    if head >= q.shape[0] // 2 and live + extra <= q.shape[0]:
-        for i in range(live):          # forward copy: the ranges may overlap
-            q[i, 0] = q[head + i, 0]
-            q[i, 1] = q[head + i, 1]
-        st[h] = 0
-        st[t] = live
-        return q
-    b = np.zeros((max(q.shape[0] * 2, live + extra), q.shape[1]), q.dtype)
-    b[:live] = q[head:tail]
-    st[h] = 0
-    st[t] = live
-    return b
-
-
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _rank(rr_idx, rr_val, e):
     """Rank of event e's raw bytes within its (time, type, call) group (0 if alone)."""
     lo = 0
@@ -92,7 +52,7 @@ def _rank(rr_idx, rr_val, e):
     return np.int64(0)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _total(T, st, t, trust, kind):
     k = st[S_NT]
     T[k, 0] = t
@@ -100,7 +60,7 @@ def _total(T, st, t, trust, kind):
     st[S_NT] = k + 1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _response(R, st, trust, cat, stop, ms):
     k = st[S_NR]
     R[k, 0] = stop
@@ -109,7 +69,7 @@ def _response(R, st, trust, cat, stop, ms):
     st[S_NR] = k + 1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _stop_waiting(slot, G, H, IV, keycount, st):
     key = H[slot, H_WKEY]
     if key >= 0:
@@ -119,7 +79,7 @@ def _stop_waiting(slot, G, H, IV, keycount, st):
         H[slot, H_WKEY] = -1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _start_waiting(slot, key, start, G, H, IV, KC, keycount, st):
     if keycount[key] == 0:
         k = st[S_NKC]
@@ -138,7 +98,7 @@ def _start_waiting(slot, key, start, G, H, IV, KC, keycount, st):
     G[slot, G_WSTART] = start
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _decide(slot, now, G, H, IV, keycount, DD, st):
     G[slot, G_GEN] = 0
     _stop_waiting(slot, G, H, IV, keycount, st)
@@ -149,7 +109,7 @@ def _decide(slot, now, G, H, IV, keycount, DD, st):
     st[S_DDT] = k + 1
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, _nrt=False)
 def _process(e, ts, code, cid, trust, rr_idx, rr_val, connect, caps,
              cid2slot, G, H, free, DQ, DD, R, T, DL, IV, KC, keycount, st):
     """EpisodeJoin.process for event e (capacity for its outputs checked by the caller)."""
@@ -318,7 +278,7 @@ def _process(e, ts, code, cid, trust, rr_idx, rr_val, connect, caps,
             H[slot, H_PTRUST] = tr
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _expire(now, horizon, cid2slot, G, H, free, DQ, DD, IV, keycount, st):
     """EpisodeJoin.expire: release episodes past the horizon, forget old decisions."""
     while st[S_DQH] < st[S_DQT]:
@@ -363,43 +323,39 @@ def _expire(now, horizon, cid2slot, G, H, free, DQ, DD, IV, keycount, st):
                 st[S_NFREE] += 1
 
 
-@njit(cache=True, nogil=True)
-def run_join(ts, code, cid, trust, order, rr_idx, rr_val, n_cids, n_trusts,
-             bucket, lateness, horizon, connect, caps, idle_ms, drain_ms, sizes):
-    """The whole event-time pass. Returns (state, R, T, DL, IV, KC, ends); see the module
-    docstring and `streams.fast.engine` for the layouts."""
+# resumable state of the pass (in `st` after the counters)
+(S_R, S_MODE, S_FRONTIER, S_MAXTS, S_LASTACT, S_OP, S_CUR, S_WM, S_ANY, S_FINISHING,
+ S_FINAL) = range(_NST, _NST + 11)
+_NSTATE = _NST + 11
+M_ARRIVE, M_RELEASE, M_DRAIN_INIT, M_DRAIN, M_DONE = range(5)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def join_step(ts, code, cid, trust, order, rr_idx, rr_val, bucket, lateness, horizon, connect,
+              caps, idle_ms, drain_ms, cid2slot, G, H, free, DQ, DD, R, T, DL, IV, KC, ends,
+              keycount, st):
+    """Run the pass until it ends (returns 0) or an output array needs more room (returns
+    1: the caller grows it and calls again). No array is reassigned in here, which keeps
+    Numba's reference counting out of the per-event loop."""
     n = ts.shape[0]
     m = order.shape[0]
-    st = np.zeros(_NST, np.int64)
-    cid2slot = np.full(n_cids, -1, np.int32)
-    G = np.zeros((1024, _NG), np.int64)
-    H = np.zeros((1024, _NH), np.int32)
-    free = np.zeros(1024, np.int32)
-    DQ = np.zeros((1024, 2), np.int64)
-    DD = np.zeros((1024, 2), np.int64)
-    R = np.zeros((max(sizes[0], 1024), 3), np.int64)
-    T = np.zeros((max(sizes[1], 1024), 2), np.int64)
-    DL = np.zeros((64, 6), np.int64)
-    IV = np.zeros((max(sizes[2], 1024), 4), np.int64)
-    KC = np.zeros((64, 2), np.int64)
-    ends = np.zeros(max(sizes[3], 1024), np.int64)
-    keycount = np.zeros(max(n_trusts, 1) * 4, np.int64)
-
-    frontier = NONE
-    max_ts = NONE
-    last_activity = NONE
-    op = 0            # next entry of `order` not yet released or skipped
-    r = 0
-    finishing = False
-    wm = NONE
     while True:
-        # -- next arrival (or the final release) -----------------------------------------
-        if not finishing:
+        # room for one more event and one more boundary, or back to the caller to grow
+        if st[S_NSLOT] + 1 > G.shape[0] or st[S_DQT] + 1 > DQ.shape[0] \
+                or st[S_DDT] + (st[S_DQT] - st[S_DQH]) + 2 > DD.shape[0] \
+                or st[S_NR] + 2 > R.shape[0] or st[S_NT] + 2 > T.shape[0] \
+                or st[S_NDL] + 1 > DL.shape[0] or st[S_NIV] + 2 > IV.shape[0] \
+                or st[S_NKC] + 2 > KC.shape[0] or st[S_NB] + 1 > ends.shape[0]:
+            return 1
+        mode = st[S_MODE]
+        if mode == M_ARRIVE:
+            r = st[S_R]
             if r >= n:
-                finishing = True
-                if frontier == NONE:
-                    break
                 # Processor.finish: release whatever is buffered
+                frontier = st[S_FRONTIER]
+                if frontier == NONE:
+                    st[S_MODE] = M_DONE
+                    break
                 last_slot = NONE
                 if m > 0:
                     tl = ts[order[m - 1]]
@@ -407,63 +363,54 @@ def run_join(ts, code, cid, trust, order, rr_idx, rr_val, n_cids, n_trusts,
                     if sl >= frontier:
                         last_slot = sl
                 if last_slot == NONE:
-                    break
-                wm = last_slot + bucket
-                cur = n - 1
-            else:
-                cd = code[r]
-                if (cd & 3) == NOT_EVENT:
-                    if cd == REJECT:
-                        DL = _grow2(DL, st[S_NDL] + 1)
-                        k = st[S_NDL]
-                        DL[k, 0] = r
-                        DL[k, 1] = 0
-                        DL[k, 5] = st[S_NB]
-                        st[S_NDL] = k + 1
-                    r += 1
+                    st[S_MODE] = M_DRAIN_INIT
                     continue
-                t = ts[r]
-                if frontier == NONE:
-                    f0 = t - lateness
-                    frontier = f0 - f0 % bucket
-                if t < frontier:
-                    st[S_LATE] += 1
-                    e = r
-                    r += 1
-                    # capacity for one event's outputs
-                    if st[S_NSLOT] + 1 > G.shape[0]:
-                        G = _grow2(G, st[S_NSLOT] + 1)
-                        H = _grow2(H, st[S_NSLOT] + 1)
-                        free = _grow1(free, G.shape[0])
-                    if st[S_DQT] + 1 > DQ.shape[0]:
-                        DQ = _deque_room(DQ, st, S_DQH, S_DQT, 1)
-                    if st[S_DDT] + 1 > DD.shape[0]:
-                        DD = _deque_room(DD, st, S_DDH, S_DDT, 1)
-                    if st[S_NR] + 2 > R.shape[0]:
-                        R = _grow2(R, st[S_NR] + 2)
-                    if st[S_NT] + 2 > T.shape[0]:
-                        T = _grow2(T, st[S_NT] + 2)
-                    if st[S_NDL] + 1 > DL.shape[0]:
-                        DL = _grow2(DL, st[S_NDL] + 1)
-                    if st[S_NIV] + 2 > IV.shape[0]:
-                        IV = _grow2(IV, st[S_NIV] + 2)
-                    if st[S_NKC] + 2 > KC.shape[0]:
-                        KC = _grow2(KC, st[S_NKC] + 2)
-                    _process(e, ts, code, cid, trust, rr_idx, rr_val, connect, caps,
-                             cid2slot, G, H, free, DQ, DD, R, T, DL, IV, KC, keycount, st)
-                    continue
-                cur = r
-                r += 1
-                if max_ts != NONE and t <= max_ts:
-                    continue
-                max_ts = t
-                if t - lateness < frontier + bucket:
-                    continue
-                wm = max_ts - lateness
-        # -- advance(wm): release buckets the watermark has passed ----------------------
-        while frontier + bucket <= wm:
+                st[S_WM] = last_slot + bucket
+                st[S_CUR] = n - 1
+                st[S_FINISHING] = 1
+                st[S_ANY] = 0
+                st[S_MODE] = M_RELEASE
+                continue
+            cd = code[r]
+            if (cd & 3) == NOT_EVENT:
+                if cd == REJECT:
+                    k = st[S_NDL]
+                    DL[k, 0] = r
+                    DL[k, 1] = 0
+                    DL[k, 5] = st[S_NB]
+                    st[S_NDL] = k + 1
+                st[S_R] = r + 1
+                continue
+            t = ts[r]
+            if st[S_FRONTIER] == NONE:
+                f0 = t - lateness
+                st[S_FRONTIER] = f0 - f0 % bucket
+            st[S_R] = r + 1
+            if t < st[S_FRONTIER]:
+                st[S_LATE] += 1
+                _process(r, ts, code, cid, trust, rr_idx, rr_val, connect, caps,
+                         cid2slot, G, H, free, DQ, DD, R, T, DL, IV, KC, keycount, st)
+                continue
+            st[S_CUR] = r
+            if st[S_MAXTS] != NONE and t <= st[S_MAXTS]:
+                continue
+            st[S_MAXTS] = t
+            if t - lateness < st[S_FRONTIER] + bucket:
+                continue
+            st[S_WM] = t - lateness
+            st[S_ANY] = 0
+            st[S_MODE] = M_RELEASE
+            continue
+        if mode == M_RELEASE:
+            # advance(wm): release buckets the watermark has passed
+            frontier = st[S_FRONTIER]
+            if frontier + bucket > st[S_WM]:
+                st[S_MODE] = M_DRAIN_INIT if st[S_FINISHING] else M_ARRIVE
+                continue
             s = frontier
-            any_event = False
+            cur = st[S_CUR]
+            op = st[S_OP]
+            found = -1
             while op < m:
                 e = order[op]
                 te = ts[e]
@@ -476,37 +423,25 @@ def run_join(ts, code, cid, trust, order, rr_idx, rr_val, n_cids, n_trusts,
                 op += 1
                 if e > cur:
                     continue    # arrives later, behind the frontier: processed as late
-                any_event = True
-                if st[S_NSLOT] + 1 > G.shape[0]:
-                    G = _grow2(G, st[S_NSLOT] + 1)
-                    H = _grow2(H, st[S_NSLOT] + 1)
-                    free = _grow1(free, G.shape[0])
-                if st[S_DQT] + 1 > DQ.shape[0]:
-                    DQ = _deque_room(DQ, st, S_DQH, S_DQT, 1)
-                if st[S_DDT] + 1 > DD.shape[0]:
-                    DD = _deque_room(DD, st, S_DDH, S_DDT, 1)
-                if st[S_NR] + 2 > R.shape[0]:
-                    R = _grow2(R, st[S_NR] + 2)
-                if st[S_NT] + 2 > T.shape[0]:
-                    T = _grow2(T, st[S_NT] + 2)
-                if st[S_NDL] + 1 > DL.shape[0]:
-                    DL = _grow2(DL, st[S_NDL] + 1)
-                if st[S_NIV] + 2 > IV.shape[0]:
-                    IV = _grow2(IV, st[S_NIV] + 2)
-                if st[S_NKC] + 2 > KC.shape[0]:
-                    KC = _grow2(KC, st[S_NKC] + 2)
-                _process(e, ts, code, cid, trust, rr_idx, rr_val, connect, caps,
+                found = e
+                break
+            st[S_OP] = op
+            if found >= 0:
+                st[S_ANY] = 1
+                _process(found, ts, code, cid, trust, rr_idx, rr_val, connect, caps,
                          cid2slot, G, H, free, DQ, DD, R, T, DL, IV, KC, keycount, st)
-            if any_event:
-                last_activity = s
-            # boundary(s + bucket)
-            DD = _deque_room(DD, st, S_DDH, S_DDT, st[S_DQT] - st[S_DQH] + 1)
+                continue
+            # the bucket is released: boundary(s + bucket)
+            if st[S_ANY]:
+                st[S_LASTACT] = s
             _expire(s + bucket, horizon, cid2slot, G, H, free, DQ, DD, IV, keycount, st)
-            ends = _grow1(ends, st[S_NB] + 1)
             ends[st[S_NB]] = s + bucket
             st[S_NB] += 1
             frontier = s + bucket
-            if not any_event and last_activity != NONE and frontier - last_activity > idle_ms:
+            st[S_FRONTIER] = frontier
+            if not st[S_ANY] and st[S_LASTACT] != NONE \
+                    and frontier - st[S_LASTACT] > idle_ms:
+                wm = st[S_WM]
                 upcoming = NONE
                 k = op
                 while k < m:
@@ -519,32 +454,101 @@ def run_join(ts, code, cid, trust, order, rr_idx, rr_val, n_cids, n_trusts,
                 if upcoming == NONE:
                     upcoming = wm - wm % bucket
                 if upcoming > frontier:
-                    frontier = upcoming   # nothing retained: skip the empty stretch
-        if finishing:
+                    st[S_FRONTIER] = upcoming   # nothing retained: skip the empty stretch
+            st[S_ANY] = 0
+            continue
+        if mode == M_DRAIN_INIT:
+            # close the windows still holding data, up to the longest after the last event
+            # (no rules there: the caller knows from S_NEND which boundaries these are)
+            st[S_NEND] = st[S_NB]
+            final = st[S_FRONTIER] + drain_ms
+            st[S_FINAL] = final - final % bucket
+            st[S_MODE] = M_DRAIN
+            continue
+        if mode == M_DRAIN:
+            frontier = st[S_FRONTIER]
+            if frontier < st[S_FINAL]:
+                _expire(frontier + bucket, horizon, cid2slot, G, H, free, DQ, DD, IV, keycount,
+                        st)
+                ends[st[S_NB]] = frontier + bucket
+                st[S_NB] += 1
+                st[S_FRONTIER] = frontier + bucket
+                continue
+            # EpisodeJoin.finish: open episodes are incomplete, pending C1T closed
+            for slot in range(st[S_NSLOT]):
+                if G[slot, G_GEN] != 0:
+                    if G[slot, G_RECV] == NONE:
+                        st[S_INC0] += 1
+                    elif H[slot, H_TRI] < 0:
+                        st[S_INC1] += 1
+                    else:
+                        st[S_INC2] += 1
+                if G[slot, G_PEND] != NONE and cid2slot[H[slot, H_CID]] == slot:
+                    st[S_C1WT] += 1
+            st[S_MODE] = M_DONE
             break
-    if frontier != NONE:
-        # close the windows still holding data, up to the longest after the last event
-        # (no rules there: the caller knows from S_NEND which boundaries these are)
-        st[S_NEND] = st[S_NB]
-        final = frontier + drain_ms
-        final -= final % bucket
-        while frontier < final:
-            DD = _deque_room(DD, st, S_DDH, S_DDT, st[S_DQT] - st[S_DQH] + 1)
-            _expire(frontier + bucket, horizon, cid2slot, G, H, free, DQ, DD, IV, keycount, st)
-            ends = _grow1(ends, st[S_NB] + 1)
-            ends[st[S_NB]] = frontier + bucket
-            st[S_NB] += 1
-            frontier += bucket
-    # EpisodeJoin.finish: open episodes are incomplete, pending C1T closed
-    for slot in range(st[S_NSLOT]):
-        if G[slot, G_GEN] != 0 and cid2slot[H[slot, H_CID]] == slot:
-            if G[slot, G_RECV] == NONE:
-                st[S_INC0] += 1
-            elif H[slot, H_TRI] < 0:
-                st[S_INC1] += 1
-            else:
-                st[S_INC2] += 1
-        if G[slot, G_PEND] != NONE and cid2slot[H[slot, H_CID]] == slot:
-            st[S_C1WT] += 1
-    return (st, R[:st[S_NR]], T[:st[S_NT]], DL[:st[S_NDL]], IV[:st[S_NIV]], KC[:st[S_NKC]],
-            ends[:st[S_NB]])
+        break
+    return 0
+
+
+def run_join(ts, code, cid, trust, order, rr_idx, rr_val, n_cids, n_trusts, bucket, lateness,
+             horizon, connect, caps, idle_ms, drain_ms, sizes):
+    """The whole event-time pass (join_step until done, growing outputs in between).
+    Returns (state, R, T, DL, IV, KC, ends); see the module docstring and
+    `streams.fast.engine` for the layouts."""
+    st = np.zeros(_NSTATE, np.int64)
+    for i in (S_FRONTIER, S_MAXTS, S_LASTACT, S_WM):
+        st[i] = NONE
+    st[S_MODE] = M_ARRIVE
+    arrays = {
+        "cid2slot": np.full(max(n_cids, 1), -1, np.int32),
+        "G": np.zeros((1024, _NG), np.int64), "H": np.zeros((1024, _NH), np.int32),
+        "free": np.zeros(1024, np.int32),
+        "DQ": np.zeros((4096, 2), np.int64), "DD": np.zeros((4096, 2), np.int64),
+        "R": np.zeros((max(int(sizes[0]), 1024), 3), np.int64),
+        "T": np.zeros((max(int(sizes[1]), 1024), 2), np.int64),
+        "DL": np.zeros((64, 6), np.int64),
+        "IV": np.zeros((max(int(sizes[2]), 1024), 4), np.int64),
+        "KC": np.zeros((64, 2), np.int64),
+        "ends": np.zeros(max(int(sizes[3]), 1024), np.int64),
+        "keycount": np.zeros(max(n_trusts, 1) * 4, np.int64),
+    }
+    used = {"G": S_NSLOT, "H": S_NSLOT, "free": S_NSLOT, "R": S_NR, "T": S_NT, "DL": S_NDL,
+            "IV": S_NIV, "KC": S_NKC, "ends": S_NB}
+    a = arrays
+    while join_step(ts, code, cid, trust, order, rr_idx, rr_val, bucket, lateness, horizon,
+                    connect, caps, idle_ms, drain_ms, a["cid2slot"], a["G"], a["H"], a["free"],
+                    a["DQ"], a["DD"], a["R"], a["T"], a["DL"], a["IV"], a["KC"], a["ends"],
+                    a["keycount"], st):
+        for name, idx in used.items():
+            arr = a[name]
+            need = int(st[idx]) + 2
+            if need > arr.shape[0]:
+                a[name] = _grown(arr, max(need, arr.shape[0] + arr.shape[0] // 4))
+        a["DQ"] = _deque_grown(a["DQ"], st, S_DQH, S_DQT, 1)
+        a["DD"] = _deque_grown(a["DD"], st, S_DDH, S_DDT, int(st[S_DQT] - st[S_DQH]) + 2)
+    return (st, a["R"][:st[S_NR]], a["T"][:st[S_NT]], a["DL"][:st[S_NDL]],
+            a["IV"][:st[S_NIV]], a["KC"][:st[S_NKC]], a["ends"][:st[S_NB]])
+
+
+def _grown(arr: np.ndarray, n: int) -> np.ndarray:
+    out = np.zeros((n,) + arr.shape[1:], arr.dtype)
+    out[:arr.shape[0]] = arr
+    return out
+
+
+def _deque_grown(q: np.ndarray, st: np.ndarray, h: int, t: int, extra: int) -> np.ndarray:
+    """q[head:tail] with room for `extra` more at the tail: compacted, or grown."""
+    head, tail = int(st[h]), int(st[t])
+    if tail + extra <= q.shape[0]:
+        return q
+    live = tail - head
+    if live + extra <= q.shape[0] // 2:
+        q[:live] = q[head:tail].copy()
+        out = q
+    else:
+        out = np.zeros((max(2 * q.shape[0], 2 * (live + extra)), 2), q.dtype)
+        out[:live] = q[head:tail]
+    st[h] = 0
+    st[t] = live
+    return out

@@ -99,7 +99,7 @@ def _pow2(n: int) -> int:
     return 1 << max(4, (int(n) - 1).bit_length())
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _hash(buf, s, e):
     h = np.uint64(14695981039346656037)
     for i in range(s, e):
@@ -110,7 +110,7 @@ def _hash(buf, s, e):
     return h
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _rehash(table, span, arena, n):
     mask = table.shape[0] - 1
     for i in range(n):
@@ -122,7 +122,7 @@ def _rehash(table, span, arena, n):
         table[j] = (np.int64(h >> np.uint64(33)) << 32) | i
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _intern(buf, s, e, table, span, arena, meta):
     """Id of buf[s:e]; the caller has reserved room."""
     h = _hash(buf, s, e)
@@ -159,7 +159,7 @@ def _intern(buf, s, e, table, span, arena, meta):
 
 
 # -- lines --------------------------------------------------------------------------------
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def split_lines(buf, pos, n, final, starts, ends, linenos, lineno, blanks):
     """Records of buf[pos:n]: (start, end) without the line break ("\\n" or "\\r\\n") and
     the 1-based line number; blank lines (only ASCII whitespace, as `bytes.isspace`) are not
@@ -198,8 +198,14 @@ def split_lines(buf, pos, n, final, starts, ends, linenos, lineno, blanks):
     return k, pos, lineno, nb
 
 
+def scratch():
+    """Scratch arrays for `parse_records` (allocated by the caller: the kernels run without
+    Numba's reference counting, which would otherwise cost more than the parsing)."""
+    return np.zeros((_NKEYS, 3), dtype=np.int64), np.zeros(4, dtype=np.int64)
+
+
 # -- JSON objects -------------------------------------------------------------------------
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _ws(buf, i, e):
     while i < e:
         c = buf[i]
@@ -210,7 +216,7 @@ def _ws(buf, i, e):
     return i
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _match(buf, s, e, lits, offs, which):
     a = offs[which]
     n = offs[which + 1] - a
@@ -222,7 +228,7 @@ def _match(buf, s, e, lits, offs, which):
     return True
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _key_index(buf, s, e):
     n = e - s
     if n == 2:
@@ -258,7 +264,7 @@ _CLASS[0x22] = 1
 _CLASS[0x5C] = 2
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _string_end(buf, i, e):
     """Index of the closing quote of a plain string starting at i, or -1."""
     while i < e:
@@ -269,7 +275,7 @@ def _string_end(buf, i, e):
     return -1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def scan_object(buf, s, e, f):
     """Parse buf[s:e] as one flat JSON object; f[k] = (kind, a, b) for each known key
     (a string's span, or an integer's value in a). False means "not sure": decode in Python."""
@@ -368,7 +374,7 @@ def scan_object(buf, s, e, f):
         return False
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _digits(buf, s, n):
     v = np.int64(0)
     for k in range(n):
@@ -379,7 +385,7 @@ def _digits(buf, s, n):
     return v
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def days_from_civil(y, m, d):
     """Days since 1970-01-01 of a proleptic Gregorian date."""
     if m <= 2:
@@ -392,7 +398,7 @@ def days_from_civil(y, m, d):
     return era * 146097 + doe - 719468
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _days_in_month(y, m):
     if m == 2:
         leap = (y % 4 == 0 and y % 100 != 0) or y % 400 == 0
@@ -402,7 +408,7 @@ def _days_in_month(y, m):
     return 31
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _word(buf, s):
     v = np.int64(0)
     for i in range(8):
@@ -410,7 +416,7 @@ def _word(buf, s):
     return v
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def parse_ts_text(buf, s, e, cache):
     """Epoch ms of `YYYY-MM-DDTHH:MM:SS.fffZ` exactly as `timefmt.parse_ts`'s fast path
     accepts it, else -1 (the caller then leaves the line to Python). `cache` holds the last
@@ -450,17 +456,17 @@ def parse_ts_text(buf, s, e, cache):
     return base + v
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _str_len_ok(f, k, limit):
     return f[k, 0] == V_STR and 0 < f[k, 2] - f[k, 1] <= limit
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _optional_str_ok(f, k, limit):
     return f[k, 0] == V_ABSENT or _str_len_ok(f, k, limit)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _event_code(buf, f):
     """Record code of a scanned object that `streams.events.validate` would accept, else -1."""
     if f[F_TYPE, 0] != V_STR:
@@ -529,15 +535,15 @@ def _event_code(buf, f):
     return -1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def parse_records(buf, starts, ends, n, rec_base, max_bytes,
                   ts_out, code_out, cid_out, trust_out,
-                  c_table, c_span, c_arena, c_meta, t_table, t_span, t_arena, t_meta):
+                  c_table, c_span, c_arena, c_meta, t_table, t_span, t_arena, t_meta,
+                  f, cache):
     """Fill the columns of records 0..n-1 of a batch (record index rec_base + i); lines the
     scanner is not sure about get code PENDING. The interners must have room for n more
-    strings of the batch's bytes."""
-    f = np.zeros((_NKEYS, 3), dtype=np.int64)
-    cache = np.zeros(4, dtype=np.int64)
+    strings of the batch's bytes. `f` (fields) and `cache` (timestamp minute) are scratch
+    arrays from `scratch()`."""
     for i in range(n):
         s = starts[i]
         e = ends[i]

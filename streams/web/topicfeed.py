@@ -4,8 +4,9 @@ Reading `calls.stats`, `calls.alerts` and `calls.deadletter` (every partition, n
 group) rather than the local processor's outputs means any worker's dashboard shows the
 whole system, whichever worker produced a record, and a restarted worker rebuilds its view:
 alerts are read from the beginning (an alert may have been firing for days), stats from the
-trend span ago, dead letters from now on (counts since this worker started; only the reason
-is read, never the rejected bytes).
+trend span ago, dead letters from when this feed was made (counts since this worker started;
+only the reason is read, never the rejected bytes). Positions are found by record time, so
+records written while the feed starts up are never skipped.
 
 Health is measured against Kafka as well: consumer lag and events/s from the worker group's
 committed offsets against the input topics' end offsets (all workers together), broker
@@ -74,6 +75,7 @@ class TopicFeed:
         self.request_timeout_s = request_timeout_s
         self.rate = RateMeter()
         self.records = 0
+        self.started_ms = int(time.time() * 1000)   # dead letters are counted from here on
         self._inputs: list = []
 
     async def run(self) -> None:
@@ -140,19 +142,16 @@ class TopicFeed:
         if missing:       # the worker's preflight creates them; this would be a bug
             raise RuntimeError(f"live feed: topics without partitions: {', '.join(missing)}")
         consumer.assign([tp for t in wanted for tp in tps[t]])
-        if tps[self.topics.alerts]:
-            await consumer.seek_to_beginning(*tps[self.topics.alerts])
-        if tps[self.topics.deadletter]:
-            await consumer.seek_to_end(*tps[self.topics.deadletter])
-        since_ms = int((time.time() - self.live.trend_span_s - 2 * 3600) * 1000)
-        stats = tps[self.topics.stats]
-        if stats:
-            found = await consumer.offsets_for_times({tp: since_ms for tp in stats})
-            for tp in stats:
-                if found.get(tp) is not None:
-                    consumer.seek(tp, found[tp].offset)
-                else:
-                    await consumer.seek_to_end(tp)
+        await consumer.seek_to_beginning(*tps[self.topics.alerts])
+        # stats and dead letters by record time: the first record at or after `since`, else
+        # the end offset read *before* asking, so a record written meanwhile is not skipped
+        since = {tp: int((time.time() - self.live.trend_span_s - 2 * 3600) * 1000)
+                 for tp in tps[self.topics.stats]}
+        since.update({tp: self.started_ms for tp in tps[self.topics.deadletter]})
+        end = await consumer.end_offsets(list(since))
+        found = await consumer.offsets_for_times(since)
+        for tp in since:
+            consumer.seek(tp, found[tp].offset if found.get(tp) is not None else end[tp])
         self._inputs = [tp for t in self.topics.inputs for tp in tps[t]]
 
     def _stats(self, value: bytes | None) -> None:
