@@ -233,6 +233,8 @@ SETTING_CHOICES = [
                            "calendar": ["mtd"], "timezone": "America/New_York",
                            "episode_horizon": "2h", "arp_cap": {"C2": "90s"}}),
     processing_from_table({"allowed_lateness": "0s", "calendar": []}),
+    processing_from_table({"relative_accuracy": 0.005, "max_record_bytes": 256,
+                           "windows": [{"size": "48h", "every": "15m"}]}),
 ]
 
 
@@ -404,10 +406,34 @@ def scan_lines(lines: list[bytes]):
     calls, trusts = S.Interner(), S.Interner()
     calls.reserve(n, len(buf))
     trusts.reserve(n, len(buf))
-    S.parse_records(np.frombuffer(buf, np.uint8), starts, ends, n, 0, 16384, ts, code, cid,
+    S.parse_records(np.frombuffer(buf, np.uint8).copy(), starts, ends, n, 0, 16384, ts, code, cid,
                     trust, *calls.arrays(), *trusts.arrays(), *S.scratch())
     return [(int(code[i]), int(ts[i]), calls.get(int(cid[i])),
              trusts.get(int(trust[i])) if trust[i] >= 0 else None) for i in range(n)]
+
+
+def scan_stream(lines: list[bytes], sep: bytes = b"\n"):
+    """The same through the file path's one-pass line scanner (`parse_lines`)."""
+    buf = np.frombuffer(sep.join(lines) + sep, np.uint8).copy()
+    n = len(lines)
+    ts = np.zeros(n, np.int64)
+    code = np.zeros(n, np.uint8)
+    cid = np.zeros(n, np.int32)
+    trust = np.zeros(n, np.int32)
+    starts, ends, linenos, blanks = (np.zeros(n + 1, np.int64) for _ in range(4))
+    calls, trusts = S.Interner(), S.Interner()
+    calls.reserve(n, len(buf))
+    trusts.reserve(n, len(buf))
+    out = np.zeros(4, np.int64)
+    cs, ce = np.zeros(n + 1, np.int64), np.zeros(n + 1, np.int64)
+    S.parse_lines(buf, 0, len(buf), True, 16384, 0, 0, starts, ends, linenos, blanks, ts, code,
+                  cid, trust, *calls.arrays(), *trusts.arrays(), *S.scratch(), out, cs, ce)
+    k = int(out[0])
+    S.intern_calls(buf, cs, ce, k, 0, code, cid, *calls.arrays(), np.zeros(64, np.uint64),
+                   np.zeros(64, np.bool_))
+    spans = [buf[starts[i]:ends[i]].tobytes() for i in range(k)]
+    return spans, [(int(code[i]), int(ts[i]), calls.get(int(cid[i])),
+                    trusts.get(int(trust[i])) if trust[i] >= 0 else None) for i in range(k)]
 
 
 @hsettings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
@@ -415,7 +441,16 @@ def scan_lines(lines: list[bytes]):
        styles=st.lists(st.integers(0, 5), min_size=20, max_size=20))
 def test_scanner_accepts_only_what_decode_accepts_and_reads_the_same_fields(evs, styles):
     lines = [render(e, s) for e, s in zip(evs, styles)] + BAD_LINES
-    for line, (code, ts, cid, trust) in zip(lines, scan_lines(lines)):
+    spans_scanned = scan_lines(lines)
+    for sep in (b"\n", b"\r\n"):
+        records = [x for x in lines if x.strip()]          # blank lines are not records
+        spans, streamed = scan_stream(lines, sep)
+        assert spans == records and len(streamed) == len(records)
+        by_line = dict(zip(lines, spans_scanned))
+        for line, got in zip(records, streamed):
+            # both scanners take the same lines and read the same fields
+            assert got == by_line[line] or (got[0] == by_line[line][0] == S.PENDING)
+    for line, (code, ts, cid, trust) in zip(lines, spans_scanned):
         if code == S.PENDING:
             continue                      # left to the Python decoder: always safe
         ref = decode(line, "s", 1)
@@ -497,22 +532,38 @@ def test_dict_path_for_window_records_matches_the_text_writer(seed):
     both(lines_records(lines), rules=RecordingRules)
 
 
-def test_process_lines_defaults_to_the_columnar_engine():
-    lines = [ev("call_received", "a", 0, trust="LAS"), ev("triaged", "a", 1, category="C2"),
+def test_auto_engine_picks_by_size_and_the_environment_overrides(monkeypatch):
+    import streams.fast.engine as fast
+    runs = []
+    real = fast.ColumnarReplay.run
+    monkeypatch.setattr(fast.ColumnarReplay, "run", lambda self: runs.append(1) or real(self))
+    small = [ev("call_received", "a", 0, trust="LAS"), ev("triaged", "a", 1, category="C2"),
              ev("crew_arrived", "a", 20)]
-    summary, out = process_lines(lines, SETTINGS)
-    ref, ref_out = process_lines(lines, SETTINGS, engine="reference")
-    assert summary == ref and out.stats_records == ref_out.stats_records
+    summary, out = process_lines(small, SETTINGS)
+    assert runs == []                                  # small: the reference engine
+    monkeypatch.setenv("CALLSTREAM_REPLAY_ENGINE", "columnar")
+    col, col_out = process_lines(small, SETTINGS)
+    assert runs == [1] and col == summary and col_out.stats_records == out.stats_records
+    monkeypatch.delenv("CALLSTREAM_REPLAY_ENGINE")
+    import streams.replay as replay
+    monkeypatch.setattr(replay, "SMALL_INPUT", 2)
+    process_lines(small, SETTINGS)
+    assert runs == [1, 1]                              # large: the columnar engine
     with pytest.raises(ValueError, match="engine"):
-        process_lines(lines, SETTINGS, engine="turbo")
+        process_lines(small, SETTINGS, engine="turbo")
+    monkeypatch.setenv("CALLSTREAM_REPLAY_ENGINE", "turbo")
+    from streams.errors import CallstreamError
+    with pytest.raises(CallstreamError, match="CALLSTREAM_REPLAY_ENGINE"):
+        process_lines(small, SETTINGS)
 
 
-def test_cli_replay_uses_the_columnar_engine_and_matches_the_reference(tmp_path):
+def test_cli_replay_uses_the_columnar_engine_and_matches_the_reference(tmp_path, monkeypatch):
     lines = replay_tests.small_log(4, hours=5, malformed=0.01, duplicates=0.02,
                                    beyond_lateness=0.02)
     log = tmp_path / "day.jsonl.gz"
     with gzip.open(log, "wb") as f:
         f.write(b"\n".join(lines) + b"\n")
+    monkeypatch.setenv("CALLSTREAM_REPLAY_ENGINE", "columnar")
     r = replay_tests.cli("replay", "--offline", str(log), "--out", str(tmp_path / "cli"))
     assert r.returncode == 0, r.stderr
     run_offline([str(log)], tmp_path / "ref", SETTINGS, progress=False, engine="reference")
@@ -528,13 +579,34 @@ def test_cli_replay_uses_the_columnar_engine_and_matches_the_reference(tmp_path)
 
 
 def test_memory_columns_are_compact(tmp_path):
-    """The engine keeps ~17 bytes of columns per record, not the records themselves."""
+    """The engine keeps ~21 bytes of columns per record, not the records themselves."""
     from streams.fast.engine import ColumnarReplay
     log = tmp_path / "a.jsonl"
     log.write_bytes(b"\n".join(replay_tests.small_log(6, hours=6)) + b"\n")
     replay = ColumnarReplay(SETTINGS, CollectingOutputs())
     replay.add_file(Path(log))
     cols = replay.cols
-    per_record = sum(getattr(cols, a).itemsize for a in ("ts", "code", "cid", "trust"))
-    assert per_record == 17 and cols.ts.shape[0] <= 1.25 * cols.n + 2048
+    per_record = sum(getattr(cols, a).itemsize for a in ("ts", "code", "cid", "trust", "rel"))
+    assert per_record == 21 and cols.ts.shape[0] <= 1.25 * cols.n + 4096
     assert replay.records == cols.n > 100
+
+
+def test_corrupt_gzip_is_the_same_clear_error_in_both_engines(tmp_path, monkeypatch):
+    log = tmp_path / "a.jsonl.gz"
+    data = gzip.compress(b"\n".join(replay_tests.small_log(1, hours=6)) + b"\n")
+    log.write_bytes(data[: len(data) // 2])
+    messages = []
+    for engine in ("columnar", "reference"):
+        monkeypatch.setenv("CALLSTREAM_REPLAY_ENGINE", engine)
+        r = replay_tests.cli("replay", "--offline", str(log), "--out", str(tmp_path / engine))
+        assert r.returncode != 0 and "Traceback" not in r.stderr
+        messages.append(r.stderr.strip())
+    assert messages[0] == messages[1] and "could not be read past line" in messages[0]
+
+
+def test_progress_bar_on_the_columnar_path(tmp_path, capsys):
+    log = tmp_path / "a.jsonl"
+    log.write_bytes(b"\n".join(replay_tests.small_log(2, hours=3)) + b"\n")
+    summary = run_offline([str(log)], tmp_path / "o", SETTINGS, progress=True, engine="columnar")
+    err = capsys.readouterr().err
+    assert "processing" in err and f"{summary['events']:,} events" in err

@@ -1,21 +1,24 @@
 """The offline replay's columnar engine: the reference `Processor`'s answers, in bulk.
 
 `ColumnarReplay` reads event logs (or in-memory records) into columns with the Numba scanner
-(odd lines through `streams.events.decode`), puts the events in the reference's processing
-order, runs the reorder buffer, watermark and episode join as one Numba pass, then closes the
-windows the reference would have closed, builds the same records (dicts, key for key), calls
-the rules hook at the same boundaries with the same arguments, and writes the same dead
-letters in the same order. Every output is byte-identical to `Processor` on the same input
-(tests/test_columnar.py compares them on generated and hand-made logs); the reference
-`Processor` stays the live worker's engine and the oracle.
+(lines it is not sure about go through `streams.events.decode`), puts the events in the
+reference's processing order, runs the reorder buffer, watermark and episode join as one
+Numba pass (`streams.fast.join`), then closes the windows the reference would have closed,
+writes the same records as JSON text (`streams.fast.windows`; dicts where the rules or the
+outputs need them), calls the rules hook at the same boundaries with the same arguments, and
+writes the same dead letters in the same order. Every output is byte-identical to
+`Processor` on the same input (tests/test_columnar.py compares them on generated and
+hand-made logs); the reference `Processor` stays the live worker's engine and the oracle.
 
-Memory is the event columns (~25 bytes an event) plus the outcomes; 10^7 events stay under
-1 GiB (benchmarks/replay_bench.py)."""
+Memory is the event columns (21 bytes a record) plus the join's outcomes: a 10^7-event log
+peaks below 800 MB (benchmarks/replay_bench.py)."""
 
 from __future__ import annotations
 
+import gc
 import gzip
 import zlib
+from bisect import bisect_right
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -27,7 +30,7 @@ from streams.events import Category, DeadLetter, Disposition, Event, EventType, 
 from streams.fast import join as J
 from streams.fast import scan as S
 from streams.fast.windows import (prepare_responses, prepare_totals, pressure_sweep,
-                                  window_aggregates, window_records)
+                                  record_buffers, window_aggregates, window_records)
 from streams.processor import CategoryTotals, CollectingOutputs
 from streams.settings import HOUR_MS, ProcessingSettings
 from streams.sketch import _mapping
@@ -56,6 +59,15 @@ class _Columns:
         self.code = np.zeros(cap, np.uint8)
         self.cid = np.zeros(cap, np.int32)
         self.trust = np.zeros(cap, np.int32)
+        #: where the record's line starts in its parsed batch (`_FileSource.offset`)
+        self.rel = np.zeros(cap, np.uint32)
+
+    def trim(self) -> None:
+        """Give back a large unused tail (small inputs; large ones are sized up front)."""
+        if self.ts.shape[0] > self.n + self.n // 4 + 4096:
+            cap = self.n + 4096
+            for name in ("ts", "code", "cid", "trust", "rel"):
+                setattr(self, name, getattr(self, name)[:cap].copy())
 
     def reserve(self, extra: int, growth: float = 1.25) -> None:
         need = self.n + extra
@@ -63,7 +75,7 @@ class _Columns:
         if need <= cap:
             return
         cap = max(need, int(cap * growth))
-        for name in ("ts", "code", "cid", "trust"):
+        for name in ("ts", "code", "cid", "trust", "rel"):
             old = getattr(self, name)
             new = np.zeros(cap, old.dtype)
             new[:self.n] = old[:self.n]
@@ -80,6 +92,14 @@ class _FileSource:
         self.rec1 = rec0
         self.blanks: list[np.ndarray] = []
         self.gz = False
+        #: (first record, stream offset of its line) per parsed batch
+        self.batch_rec: list[int] = []
+        self.batch_off: list[int] = []
+
+    def offset(self, r: int, rel: int) -> int:
+        """Stream offset (decompressed, for gzip) of record r's line."""
+        i = bisect_right(self.batch_rec, r) - 1
+        return self.batch_off[i] + rel
 
     def lineno(self, local: int) -> int:
         """1-based line number of the local-th record (blank lines are not records)."""
@@ -92,44 +112,49 @@ class _FileSource:
                 return line
             k = k2
 
-    def raw_lines(self, linenos: list[int]) -> dict[int, bytes]:
-        """The raw record on each of these lines (as `replay.iter_lines` yields it), found
-        by reading the log again (only dead letters and exact ties need raw bytes)."""
-        want = np.array(sorted(set(linenos)), np.int64)
+    def raw_lines(self, offsets: list[int], max_bytes: int) -> dict[int, bytes]:
+        """The raw record at each stream offset (as `replay.iter_lines` yields it): read
+        back from the file (only dead letters and exact ties need raw bytes)."""
         out: dict[int, bytes] = {}
-        starts = np.zeros(_BATCH, np.int64)
-        ends = np.zeros(_BATCH, np.int64)
-        lines = np.zeros(_BATCH, np.int64)
-        blanks = np.zeros(_BATCH, np.int64)
-        raw = open(self.path, "rb")
-        reader = gzip.GzipFile(fileobj=raw, mode="rb") if self.gz else raw
-        try:
-            lineno = 0
+        want = sorted(set(offsets))
+        if not self.gz:
+            with open(self.path, "rb") as f:
+                for o in want:
+                    f.seek(o)
+                    out[o] = _cut_line(f.read(max_bytes + 2))
+            return out
+        with open(self.path, "rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as reader:
+            base = 0
             buf = b""
+            i = 0
             final = False
-            while not final and len(out) < len(want):
-                data = reader.read(_CHUNK)
-                final = not data
-                buf = buf + data if buf else data
-                arr = np.frombuffer(buf, np.uint8)
-                pos = 0
-                while pos < len(buf):
-                    k, npos, lineno, _ = S.split_lines(arr, pos, len(buf), final, starts, ends,
-                                                       lines, lineno, blanks)
-                    if k:
-                        hit = np.flatnonzero(np.isin(lines[:k], want))
-                        for i in hit.tolist():
-                            out[int(lines[i])] = buf[starts[i]:ends[i]]
-                    if npos == pos:
+            while i < len(want):
+                if not final:
+                    data = reader.read(_CHUNK)
+                    final = not data
+                    buf += data
+                while i < len(want) and want[i] - base < len(buf):
+                    o = want[i] - base
+                    nl = buf.find(b"\n", o)
+                    if nl < 0 and not final:
                         break
-                    pos = npos
-                buf = buf[pos:]
-        finally:
-            reader.close()
-            raw.close()
-        if len(out) < len(want):
-            raise CallstreamError(f"event log {str(self.path)!r} changed while replaying")
+                    out[want[i]] = _cut_line(buf[o:] if nl < 0 else buf[o:nl + 1])
+                    i += 1
+                if final and i < len(want):
+                    raise CallstreamError(f"event log {str(self.path)!r} changed while replaying")
+                keep = min(want[i] - base if i < len(want) else len(buf), len(buf))
+                base += keep
+                buf = buf[keep:]
         return out
+
+
+def _cut_line(data: bytes) -> bytes:
+    """One record from the bytes starting at it: up to the line break, without it."""
+    nl = data.find(b"\n")
+    if nl < 0:
+        return data
+    line = data[:nl]
+    return line[:-1] if line[-1:] == b"\r" else line
 
 
 class _MemorySource:
@@ -156,7 +181,7 @@ class ColumnarReplay:
         self.progress = progress
         self.cols = _Columns(1024)
         self.calls = S.Interner(1 << 16, 1 << 20)
-        self.trusts = S.Interner(64, 1 << 10)
+        self.trusts = S.Interner(64, 1 << 10, 64)
         self.sources: list = []
         self.rejects: dict[int, DeadLetter] = {}
         self.max_bytes = settings.max_record_bytes
@@ -165,6 +190,9 @@ class ColumnarReplay:
         self._linenos = np.zeros(_BATCH, np.int64)
         self._blanks = np.zeros(_BATCH, np.int64)
         self._scratch = S.scratch()
+        self._cs = np.zeros(_BATCH, np.int64)          # call-id spans of a batch
+        self._ce = np.zeros(_BATCH, np.int64)
+        self._hs = (np.zeros(64, np.uint64), np.zeros(64, np.bool_))
         self.bytes_done = 0
 
     # -- input ---------------------------------------------------------------------------
@@ -178,49 +206,79 @@ class ColumnarReplay:
         src.gz = magic == b"\x1f\x8b"
         reader = gzip.GzipFile(fileobj=raw, mode="rb") if src.gz else raw
         blanks: list[np.ndarray] = []
+        buf = np.empty(2 * _CHUNK, np.uint8)
+        have = 0          # bytes of buf holding data
         base = 0          # stream offset of buf[0]
+        out = np.zeros(4, np.int64)
         lineno = 0
-        buf = b""
         final = False
         presized = False
+        cols = self.cols
         try:
             while not final:
+                if have == len(buf):          # a line longer than the buffer
+                    bigger = np.empty(2 * len(buf), np.uint8)
+                    bigger[:have] = buf[:have]
+                    buf = bigger
+                want = min(len(buf), have + _CHUNK)
                 try:
-                    data = reader.read(_CHUNK)
+                    while have < want:
+                        got = reader.readinto(memoryview(buf)[have:want])
+                        if not got:
+                            final = True
+                            break
+                        have += got
                 except (OSError, EOFError, zlib.error) as exc:
                     raise CallstreamError(
                         f"event log {str(path)!r} could not be read past line "
                         f"{_lines_before_error(path)}: {exc}") from None
-                final = not data
-                buf = buf + data if buf else data
-                arr = np.frombuffer(buf, np.uint8)
+                end = S.region_end(buf, have, final)
                 pos = 0
-                while pos < len(buf):
-                    k, npos, lineno, nb = S.split_lines(
-                        arr, pos, len(buf), final, self._starts, self._ends, self._linenos,
-                        lineno, self._blanks)
+                while pos < end:
+                    cap = min(_BATCH, (end - pos) // 2 + 1)    # a record takes 2+ bytes
+                    cols.reserve(cap)
+                    self.calls.reserve(cap, end - pos)
+                    self.trusts.reserve(cap, end - pos)
+                    S.parse_lines(buf, pos, end, final, self.max_bytes, lineno, cols.n,
+                                  self._starts[:cap], self._ends, self._linenos, self._blanks,
+                                  cols.ts, cols.code, cols.cid, cols.trust,
+                                  *self.calls.arrays(), *self.trusts.arrays(), *self._scratch,
+                                  out, self._cs, self._ce)
+                    k, npos, lineno, nb = (int(x) for x in out)
+                    S.intern_calls(buf, self._cs, self._ce, k, cols.n, cols.code, cols.cid,
+                                   *self.calls.arrays(), *self._hs)
                     if nb:
                         blanks.append(self._blanks[:nb].copy())
                     if k:
-                        if not presized and not src.gz and npos > pos:
+                        self._batch_done(buf, k, src.name, src, base)
+                        if not presized and not src.gz:
                             presized = True
-                            per_line = (npos - pos) / max(k + nb, 1)
-                            size = path.stat().st_size
-                            self.cols.reserve(int((size - base) / per_line * 1.02) + 1024, 1.0)
-                        self._parse(arr, buf, k, src.name)
-                    if npos == pos:
-                        break
+                            self._presize(path.stat().st_size - base, npos - pos, k + nb,
+                                          src.rec0)
                     pos = npos
-                base += pos
-                buf = buf[pos:]
+                base += end
+                buf[:have - end] = buf[end:have]
+                have -= end
                 if self.progress is not None:
-                    self.progress(self.cols.n, self.bytes_done + raw.tell())
+                    self.progress(cols.n, self.bytes_done + raw.tell())
         finally:
             reader.close()
             raw.close()
         src.blanks = [np.concatenate(blanks)] if blanks else []
-        src.rec1 = self.cols.n
+        src.rec1 = cols.n
         self.bytes_done += path.stat().st_size
+        cols.trim()
+
+    def _presize(self, size: int, sample_bytes: int, sample_lines: int, rec0: int) -> None:
+        """Size the columns and the call-id table for the whole file from its first batch,
+        instead of growing them (each growth copies; each table growth rehashes)."""
+        lines = int(size / max(sample_bytes / max(sample_lines, 1), 1) * 1.02) + 1024
+        self.cols.reserve(lines, 1.0)
+        done = max(self.cols.n - rec0, 1)
+        ids = len(self.calls)
+        per_id = int(self.calls.meta[1]) / max(ids, 1)
+        more = int(lines * min(ids / done, 1.0) * 1.1)
+        self.calls.reserve(more, int(more * per_id) + (1 << 16))
 
     @property
     def records(self) -> int:
@@ -250,25 +308,39 @@ class ColumnarReplay:
         self._linenos[:k] = [r[1] for r in batch]
         buf = b"".join(raws)
         sources = [r[0] for r in batch]
-        self._parse(np.frombuffer(buf, np.uint8), buf, k, sources)
+        # a writable copy: one set of compiled kernels serves files and memory alike
+        self._parse(np.frombuffer(buf, np.uint8).copy(), k, sources)
         src.raws.extend(raws)
         src.sources.extend(sources)
         src.linenos.extend(r[1] for r in batch)
 
-    def _parse(self, arr, buf: bytes, k: int, source) -> None:
+    def _parse(self, arr: np.ndarray, k: int, sources: list[str]) -> None:
+        """In-memory records (spans in _starts/_ends) to columns."""
         cols = self.cols
         cols.reserve(k)
-        r0 = cols.n
         nbytes = int(self._ends[k - 1] - self._starts[0])
         self.calls.reserve(k, nbytes)
         self.trusts.reserve(k, nbytes)
-        S.parse_records(arr, self._starts, self._ends, k, r0, self.max_bytes,
+        S.parse_records(arr, self._starts, self._ends, k, cols.n, self.max_bytes,
                         cols.ts, cols.code, cols.cid, cols.trust,
                         *self.calls.arrays(), *self.trusts.arrays(), *self._scratch)
+        self._batch_done(arr, k, sources, None, 0)
+
+    def _batch_done(self, arr: np.ndarray, k: int, source, src, base: int) -> None:
+        """After a kernel filled k records: offsets, the Python-decoded lines, the count."""
+        cols = self.cols
+        r0 = cols.n
+        if src is not None:
+            first = int(self._starts[0])
+            if int(self._ends[k - 1]) - first >= 1 << 32:
+                raise CallstreamError(f"event log {str(src.path)!r} has a line over 4 GiB")
+            src.batch_rec.append(r0)
+            src.batch_off.append(base + first)
+            cols.rel[r0:r0 + k] = self._starts[:k] - first
         pending = np.flatnonzero(cols.code[r0:r0 + k] == S.PENDING)
         starts, ends, linenos = self._starts, self._ends, self._linenos
         for i in pending.tolist():
-            raw = buf[starts[i]:ends[i]]
+            raw = arr[starts[i]:ends[i]].tobytes()
             name = source if isinstance(source, str) else source[i]
             self._slow(r0 + i, raw, name, int(linenos[i]))
         cols.n = r0 + k
@@ -321,10 +393,10 @@ class ColumnarReplay:
                     i = r - src.rec0
                     out[r] = (src.sources[i], src.linenos[i], src.raws[i])
             else:
-                lines = {r: src.lineno(r - src.rec0) for r in mine}
-                raws = src.raw_lines(list(lines.values()))
+                offs = {r: src.offset(r, int(self.cols.rel[r])) for r in mine}
+                raws = src.raw_lines(list(offs.values()), self.max_bytes)
                 for r in mine:
-                    out[r] = (src.name, lines[r], raws[lines[r]])
+                    out[r] = (src.name, src.lineno(r - src.rec0), raws[offs[r]])
         return out
 
     # -- processing order -------------------------------------------------------------------
@@ -383,6 +455,16 @@ class ColumnarReplay:
 
     # -- the run -----------------------------------------------------------------------------
     def run(self) -> dict:
+        """Process everything added; write the outputs; return the summary."""
+        enabled = gc.isenabled()
+        gc.disable()          # few objects, no cycles: the collector would only rescan
+        try:
+            return self._run()
+        finally:
+            if enabled:
+                gc.enable()
+
+    def _run(self) -> dict:
         st = self.settings
         cols = self.cols
         n = cols.n
@@ -446,6 +528,23 @@ def _lines_before_error(path: Path) -> int:
         if marker in text:
             return int(text.split(marker, 1)[1].split(":", 1)[0])
     return last
+
+
+class _Pressure:
+    """The rules' `pressure()` at one boundary: (trust, category) -> (calls waiting, longest
+    wait ms), built on first call (most boundaries only need it for a threshold check)."""
+
+    __slots__ = ("rows", "lo", "hi", "keys", "value")
+
+    def __init__(self, rows: np.ndarray, lo: int, hi: int, keys: list) -> None:
+        self.rows, self.lo, self.hi, self.keys, self.value = rows, lo, hi, keys, None
+
+    def __call__(self) -> dict:
+        if self.value is None:
+            keys = self.keys
+            self.value = {keys[k]: (w, lw)
+                          for _, k, w, lw in self.rows[self.lo:self.hi].tolist()}
+        return self.value
 
 
 class _Emitter:
@@ -683,46 +782,41 @@ class _Emitter:
             texts = self._texts(closes, prows, pj)
             ci = 0
             ncl = len(closes)
-            for j in np.flatnonzero(need[j0:j1]).tolist():
-                j += j0
+            js = np.flatnonzero(need[j0:j1]) + j0
+            lo = np.searchsorted(pj, js, side="left").tolist()
+            hi = np.searchsorted(pj, js, side="right").tolist()
+            end_ms = ends[js].tolist()
+            for x, j in enumerate(js.tolist()):
                 while dl < nl and tags[dl] <= j:
                     dead_letter(letters[dl])
                     dl += 1
-                parts = []
-                count = 0
-                while ci < ncl and closes[ci][0] == j:
-                    text, n = texts[ci]
-                    parts.append(text)
-                    count += n
-                    ci += 1
-                chunk = b"".join(parts)
                 records = None
-                if count:
-                    self.stats_records += count
-                    if stats_lines is not None:
-                        stats_lines(chunk)
-                    else:
-                        records = [loads(line) for line in chunk.splitlines()]
-                        for rec in records:
-                            stats(rec)
+                if ci < ncl and closes[ci][0] == j:
+                    parts = []
+                    count = 0
+                    while ci < ncl and closes[ci][0] == j:
+                        text, n = texts[ci]
+                        parts.append(text)
+                        count += n
+                        ci += 1
+                    if count:
+                        chunk = b"".join(parts)
+                        self.stats_records += count
+                        if stats_lines is not None:
+                            stats_lines(chunk)
+                            if j < n_rule:
+                                records = [loads(line) for line in chunk.splitlines()]
+                        else:
+                            records = [loads(line) for line in chunk.splitlines()]
+                            for rec in records:
+                                stats(rec)
                 if j < n_rule:
-                    if records is None:
-                        records = [loads(line) for line in chunk.splitlines()] if count else []
-                    a = int(np.searchsorted(pj, j, side="left"))
-                    b = int(np.searchsorted(pj, j, side="right"))
-                    cache: list = []
-
-                    def pressure(a=a, b=b, cache=cache) -> dict:
-                        if not cache:
-                            cache.append({key_objs[k]: (w, lw)
-                                          for _, k, w, lw in prows[a:b].tolist()})
-                        return cache[0]
-
                     while ch < nch and changes_l[ch][0] <= j:
                         _, t, v = changes_l[ch]
                         last_call[self.trust_names[t]] = v
                         ch += 1
-                    rules.evaluate(int(ends[j]), records, pressure, last_call,
+                    rules.evaluate(end_ms[x], records if records is not None else [],
+                                   _Pressure(prows, lo[x], hi[x], key_objs), last_call,
                                    self._emit_alert)
         while dl < nl:
             dead_letter(letters[dl])
@@ -753,12 +847,17 @@ class _Emitter:
         head_off = np.cumsum([0] + [len(h) for h in heads]).astype(np.int64)
         head = np.frombuffer(b"".join(heads), np.uint8)
         comps = np.array(flat, np.int64).reshape(-1, 5)
-        text, offs, nrec, bad = window_records(
+        longest_head = max(len(h) for h in heads)
+        longest_name = int(np.diff(self.tname_off).max()) if self.n_trusts else 0
+        per_close = (self.n_trusts + 1) * 6 * (longest_head + longest_name + 400)
+        bufs = record_buffers(len(closes), per_close * len(closes), self.n_trusts, self.npos)
+        used = window_records(
             comp_off, comps, head, head_off, prow_off, prow_sel.reshape(-1, 4), self.n_trusts,
-            self.trust_order, self.tname, self.tname_off, *self._outcome_arrays())
-        offs = offs.tolist()
-        nrec = nrec.tolist()
-        data = text.tobytes()
+            self.trust_order, self.tname, self.tname_off, *self._outcome_arrays(), *bufs)
+        offs = bufs[1].tolist()
+        nrec = bufs[2].tolist()
+        bad = bufs[3]
+        data = bufs[0][:used].tobytes()
         out = [(data[offs[i]:offs[i + 1]], nrec[i]) for i in range(len(closes))]
         if not self.replay.text_records:
             bad[:] = 1

@@ -8,7 +8,11 @@ total order (time, type, call id, raw bytes, arrival) precomputed by the caller 
 boundaries expire episodes and forget old decisions exactly as the reference does (including
 its lazy queues). Instead of calling a sink it logs outcomes (responses, call totals, dead
 letters) with the number of boundaries completed before them, and logs the calls waiting
-for a crew as intervals, so windows and pressure can be computed afterwards in bulk."""
+for a crew as intervals, so windows and pressure can be computed afterwards in bulk.
+
+The kernels run without Numba's reference counting (`_nrt=False`): it cost more than the
+join itself. So nothing is allocated inside; `run_join` grows the arrays from Python and
+resumes `join_step`, whose whole loop state lives in `st`."""
 
 from __future__ import annotations
 

@@ -49,17 +49,20 @@ class Interner:
     The table holds (31-bit hash tag << 32 | id), so probing rarely touches the arena. Room
     for a batch is made from Python (`reserve`) before a kernel call; kernels never grow."""
 
-    def __init__(self, ids: int = 1 << 12, arena: int = 1 << 16) -> None:
+    def __init__(self, ids: int = 1 << 12, arena: int = 1 << 16, recent: int = 1 << 16) -> None:
         self.table = np.full(_pow2(ids * 2), -1, dtype=np.int64)
         self.span = np.zeros(ids, dtype=np.int64)      # arena start << 16 | length
         self.arena = np.zeros(arena, dtype=np.uint8)
         self.meta = np.zeros(2, dtype=np.int64)        # ids used, arena bytes used
+        #: direct-mapped cache of recently seen strings (hash tag << 32 | id): a call's
+        #: events come minutes apart, so most lookups end here, in cache-warm memory
+        self.recent = np.full(_pow2(recent), -1, dtype=np.int64)
 
     def __len__(self) -> int:
         return int(self.meta[0])
 
     def arrays(self):
-        return self.table, self.span, self.arena, self.meta
+        return self.table, self.span, self.arena, self.meta, self.recent
 
     def reserve(self, ids: int, nbytes: int) -> None:
         """Room for `ids` more ids holding `nbytes` more bytes in all."""
@@ -79,11 +82,13 @@ class Interner:
     def intern(self, data: bytes) -> int:
         """Id of one byte string (the Python-decoded slow path)."""
         self.reserve(1, len(data))
-        return int(_intern(np.frombuffer(data, dtype=np.uint8), 0, len(data), *self.arrays()))
+        arr = np.frombuffer(data, dtype=np.uint8).copy()     # writable: the kernels' type
+        return int(_intern(arr, 0, len(data), *self.arrays()))
 
     def release_table(self) -> None:
-        """Drop the lookup table once no more strings come (ids and bytes stay)."""
+        """Drop the lookup tables once no more strings come (ids and bytes stay)."""
         self.table = np.full(2, -1, dtype=np.int64)
+        self.recent = np.full(2, -1, dtype=np.int64)
 
     def get(self, i: int) -> bytes:
         sp = int(self.span[i])
@@ -123,10 +128,34 @@ def _rehash(table, span, arena, n):
 
 
 @njit(cache=True, nogil=True, _nrt=False)
-def _intern(buf, s, e, table, span, arena, meta):
+def _same(buf, s, n, span, arena, k):
+    sp = span[k]
+    if (sp & 0xFFFF) != n:
+        return False
+    a = sp >> 16
+    for i in range(n):
+        if arena[a + i] != buf[s + i]:
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _intern(buf, s, e, table, span, arena, meta, recent):
     """Id of buf[s:e]; the caller has reserved room."""
     h = _hash(buf, s, e)
     tag = np.int64(h >> np.uint64(33))   # 31 bits: entries stay non-negative
+    n = e - s
+    rslot = np.int64((h >> np.uint64(13)) & np.uint64(recent.shape[0] - 1))
+    v = recent[rslot]
+    if v >= 0 and (v >> 32) == tag and _same(buf, s, n, span, arena, v & 0xFFFFFFFF):
+        return v & 0xFFFFFFFF
+    k = _lookup(buf, s, e, h, tag, table, span, arena, meta)
+    recent[rslot] = (tag << 32) | k
+    return k
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _lookup(buf, s, e, h, tag, table, span, arena, meta):
     mask = table.shape[0] - 1
     j = np.int64(h & np.uint64(mask))
     n = e - s
@@ -134,18 +163,8 @@ def _intern(buf, s, e, table, span, arena, meta):
         v = table[j]
         if v < 0:
             break
-        if (v >> 32) == tag:
-            k = v & 0xFFFFFFFF
-            sp = span[k]
-            if (sp & 0xFFFF) == n:
-                a = sp >> 16
-                same = True
-                for i in range(n):
-                    if arena[a + i] != buf[s + i]:
-                        same = False
-                        break
-                if same:
-                    return k
+        if (v >> 32) == tag and _same(buf, s, n, span, arena, v & 0xFFFFFFFF):
+            return v & 0xFFFFFFFF
         j = (j + 1) & mask
     k = meta[0]
     a = meta[1]
@@ -158,58 +177,29 @@ def _intern(buf, s, e, table, span, arena, meta):
     return k
 
 
-# -- lines --------------------------------------------------------------------------------
-@njit(cache=True, nogil=True, _nrt=False)
-def split_lines(buf, pos, n, final, starts, ends, linenos, lineno, blanks):
-    """Records of buf[pos:n]: (start, end) without the line break ("\\n" or "\\r\\n") and
-    the 1-based line number; blank lines (only ASCII whitespace, as `bytes.isspace`) are not
-    records but their numbers are kept. Stops before an unterminated last line unless
-    `final`, or when `starts` or `blanks` is full. Returns (records, next position, last
-    line number, blank lines found)."""
-    k = 0
-    nb = 0
-    cap = starts.shape[0]
-    bcap = blanks.shape[0]
-    while pos < n and k < cap and nb < bcap:
-        nl = pos
-        while nl < n and buf[nl] != 10:
-            nl += 1
-        if nl == n and not final:
-            break
-        end = nl
-        if nl < n and end > pos and buf[end - 1] == 13:
-            end -= 1
-        lineno += 1
-        blank = True
-        for i in range(pos, end):
-            c = buf[i]
-            if not (c == 32 or (9 <= c <= 13)):
-                blank = False
-                break
-        if blank:
-            blanks[nb] = lineno
-            nb += 1
-        else:
-            starts[k] = pos
-            ends[k] = end
-            linenos[k] = lineno
-            k += 1
-        pos = nl + 1 if nl < n else n
-    return k, pos, lineno, nb
+# -- JSON objects ---------------------------------------------------------------------------
+# literals the scanner compares in one go: known keys and the words some values must be,
+# each with its closing quote
+_KEY_LITS = tuple(k + b'"' for k in _KEYS)
+_WORD_LITS = tuple(w + b'"' for w in _WORDS) + (b'C1"', b'C2"', b'C3"', b'C4"')
+_LITS = np.frombuffer(b"".join(_KEY_LITS + _WORD_LITS), dtype=np.uint8).copy()
+_LIT_OFF = np.cumsum([0] + [len(x) for x in _KEY_LITS + _WORD_LITS]).astype(np.int64)
+_W0 = _NKEYS          # literal index of the first word
+V_WORD, V_MS = 6, 7   # a word's index (type, disposition, category); a parsed timestamp
 
 
 def scratch():
-    """Scratch arrays for `parse_records` (allocated by the caller: the kernels run without
-    Numba's reference counting, which would otherwise cost more than the parsing)."""
+    """Scratch arrays for the parsing kernels (allocated by the caller: the kernels run
+    without Numba's reference counting, which would otherwise cost more than the parsing)."""
     return np.zeros((_NKEYS, 3), dtype=np.int64), np.zeros(4, dtype=np.int64)
 
 
-# -- JSON objects -------------------------------------------------------------------------
 @njit(cache=True, nogil=True, _nrt=False)
-def _ws(buf, i, e):
+def _ws(buf, i, e, stream):
+    """Skip JSON whitespace; in a stream a line break ends the line instead."""
     while i < e:
         c = buf[i]
-        if c == 32 or c == 9 or c == 10 or c == 13:
+        if c == 32 or c == 9 or c == 13 or (c == 10 and not stream):
             i += 1
         else:
             break
@@ -229,33 +219,47 @@ def _match(buf, s, e, lits, offs, which):
 
 
 @njit(cache=True, nogil=True, _nrt=False)
-def _key_index(buf, s, e):
-    n = e - s
-    if n == 2:
-        k = F_TS
-    elif n == 4:
-        k = F_TYPE
-    elif n == 5:
-        k = F_TRUST
-    elif n == 7:
-        k = F_CALL_ID
-    elif n == 8:
-        k = F_CATEGORY
-    elif n == 11:
-        c = buf[s]
-        if c == 97:
-            k = F_ANSWERED_BY
-        elif c == 100:
-            k = F_DISPOSITION
-        elif c == 114:
-            k = F_REDIRECT_TO if buf[s + 2] == 100 else F_RESOURCE_ID
-        else:
-            return -1
-    elif n == 17:
-        k = F_TRANSPORT
-    else:
+def _lit_at(buf, i, e, which):
+    """End of literal `which` if buf[i:] starts with it, else -1."""
+    a = _LIT_OFF[which]
+    n = _LIT_OFF[which + 1] - a
+    if i + n > e:
         return -1
-    return k if _match(buf, s, e, _KEY_BYTES, _KEY_OFF, k) else -1
+    for k in range(n):
+        if buf[i + k] != _LITS[a + k]:
+            return -1
+    return i + n
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _known_key(buf, i, e):
+    """(key index, position after its closing quote) of a known key at buf[i] (just after
+    the opening quote), or (-1, -1)."""
+    c = buf[i] if i < e else 0
+    if c == 116:            # t
+        for k in (F_TYPE, F_TS, F_TRUST, F_TRANSPORT):
+            j = _lit_at(buf, i, e, k)
+            if j >= 0:
+                return k, j
+    elif c == 99:           # c
+        for k in (F_CALL_ID, F_CATEGORY):
+            j = _lit_at(buf, i, e, k)
+            if j >= 0:
+                return k, j
+    elif c == 97:           # a
+        j = _lit_at(buf, i, e, F_ANSWERED_BY)
+        if j >= 0:
+            return F_ANSWERED_BY, j
+    elif c == 100:          # d
+        j = _lit_at(buf, i, e, F_DISPOSITION)
+        if j >= 0:
+            return F_DISPOSITION, j
+    elif c == 114:          # r
+        for k in (F_REDIRECT_TO, F_RESOURCE_ID):
+            j = _lit_at(buf, i, e, k)
+            if j >= 0:
+                return k, j
+    return -1, -1
 
 
 _CLASS = np.full(256, 2, np.uint8)     # 0 plain string byte, 1 closing quote, 2 not sure
@@ -276,72 +280,105 @@ def _string_end(buf, i, e):
 
 
 @njit(cache=True, nogil=True, _nrt=False)
-def scan_object(buf, s, e, f):
-    """Parse buf[s:e] as one flat JSON object; f[k] = (kind, a, b) for each known key
-    (a string's span, or an integer's value in a). False means "not sure": decode in Python."""
+def _scan(buf, s, e, f, cache, stream):
+    """Parse one flat JSON object starting at buf[s] into f[k] = (kind, a, b) for each
+    known key (a string's span, an integer, a word's index, a parsed timestamp).
+
+    Not a stream: the object must fill buf[s:e]; returns e, or -1 when not sure (Python
+    decides). A stream: the object must end its line; returns the index of the line break
+    (or e at the end of the input), or -1."""
     for k in range(_NKEYS):
         f[k, 0] = V_ABSENT
     i = s
     if i >= e or buf[i] != 123:
-        return False
-    i = _ws(buf, i + 1, e)
-    if i >= e or buf[i] == 125:
-        return False
+        return -1
+    i = _ws(buf, i + 1, e, stream)
+    if i >= e or buf[i] != 34:
+        return -1
     while True:
         if i >= e or buf[i] != 34:
-            return False
-        ks = i + 1
-        ke = _string_end(buf, ks, e)
-        if ke < 0:
-            return False
-        key = _key_index(buf, ks, ke)
-        i = _ws(buf, ke + 1, e)
+            return -1
+        key, j = _known_key(buf, i + 1, e)
+        if key < 0:
+            j = _string_end(buf, i + 1, e)
+            if j < 0:
+                return -1
+            j += 1
+        i = _ws(buf, j, e, stream)
         if i >= e or buf[i] != 58:
-            return False
-        i = _ws(buf, i + 1, e)
+            return -1
+        i = _ws(buf, i + 1, e, stream)
         if i >= e:
-            return False
+            return -1
         c = buf[i]
         a = np.int64(0)
         b = np.int64(0)
         if c == 34:
-            ve = _string_end(buf, i + 1, e)
-            if ve < 0:
-                return False
             kind = V_STR
-            a = i + 1
-            b = ve
-            i = ve + 1
+            done = False
+            if key == F_TS and i + 25 < e and buf[i + 25] == 34:
+                t = parse_ts_text(buf, i + 1, i + 25, cache)
+                if t >= 0:
+                    kind = V_MS
+                    a = t
+                    i += 26
+                    done = True
+            elif key == F_TYPE or key == F_DISPOSITION:
+                w0 = _W0 if key == F_TYPE else _W0 + 3
+                for w in range(w0, w0 + 3):
+                    j = _lit_at(buf, i + 1, e, w)
+                    if j >= 0:
+                        kind = V_WORD
+                        a = w - w0
+                        i = j
+                        done = True
+                        break
+            elif key == F_CATEGORY:
+                for w in range(_W0 + 6, _W0 + 10):
+                    j = _lit_at(buf, i + 1, e, w)
+                    if j >= 0:
+                        kind = V_WORD
+                        a = w - _W0 - 5       # C1..C4 -> 1..4
+                        i = j
+                        done = True
+                        break
+            if not done:
+                ve = _string_end(buf, i + 1, e)
+                if ve < 0:
+                    return -1
+                a = i + 1
+                b = ve
+                i = ve + 1
         elif c == 116:
             if i + 4 <= e and buf[i + 1] == 114 and buf[i + 2] == 117 and buf[i + 3] == 101:
                 kind = V_TRUE
                 i += 4
             else:
-                return False
+                return -1
         elif c == 102:
             if i + 5 <= e and buf[i + 1] == 97 and buf[i + 2] == 108 and buf[i + 3] == 115 \
                     and buf[i + 4] == 101:
                 kind = V_FALSE
                 i += 5
             else:
-                return False
+                return -1
         elif c == 110:
             if i + 4 <= e and buf[i + 1] == 117 and buf[i + 2] == 108 and buf[i + 3] == 108:
                 kind = V_NULL
                 i += 4
             else:
-                return False
+                return -1
         elif c == 45 or (48 <= c <= 57):
             neg = c == 45
             if neg:
                 i += 1
             if i >= e or buf[i] < 48 or buf[i] > 57:
-                return False
+                return -1
             v = np.int64(0)
             if buf[i] == 48:
                 i += 1
                 if i < e and 48 <= buf[i] <= 57:
-                    return False
+                    return -1
             else:
                 nd = 0
                 while i < e and 48 <= buf[i] <= 57:
@@ -349,29 +386,40 @@ def scan_object(buf, s, e, f):
                     nd += 1
                     i += 1
                     if nd > 18:
-                        return False
+                        return -1
             if i < e and (buf[i] == 46 or buf[i] == 101 or buf[i] == 69):
-                return False   # a float: let Python decide
+                return -1   # a float: let Python decide
             kind = V_INT
             a = -v if neg else v
         else:
-            return False
+            return -1
         if key >= 0:
             if f[key, 0] != V_ABSENT:
-                return False   # a repeated key
+                return -1   # a repeated key
             f[key, 0] = kind
             f[key, 1] = a
             f[key, 2] = b
-        i = _ws(buf, i, e)
+        i = _ws(buf, i, e, stream)
         if i >= e:
-            return False
+            return -1
         c = buf[i]
         if c == 44:
-            i = _ws(buf, i + 1, e)
+            i = _ws(buf, i + 1, e, stream)
             continue
-        if c == 125:
-            return _ws(buf, i + 1, e) == e
-        return False
+        if c != 125:
+            return -1
+        i = _ws(buf, i + 1, e, stream)
+        if not stream:
+            return e if i == e else -1
+        if i == e or buf[i] == 10:
+            return i
+        return -1
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def scan_object(buf, s, e, f, cache):
+    """True when buf[s:e] is one flat JSON object the scanner is sure about (fields in f)."""
+    return _scan(buf, s, e, f, cache, False) == e
 
 
 @njit(cache=True, nogil=True, _nrt=False)
@@ -467,18 +515,23 @@ def _optional_str_ok(f, k, limit):
 
 
 @njit(cache=True, nogil=True, _nrt=False)
+def _word_of(buf, f, k, first, count):
+    """Index of the word a value is (0..count-1), or -1."""
+    kind = f[k, 0]
+    if kind == V_WORD:
+        return f[k, 1]
+    if kind == V_STR:
+        for w in range(count):
+            if _match(buf, f[k, 1], f[k, 2], _WORD_BYTES, _WORD_OFF, first + w):
+                return w
+    return -1
+
+
+@njit(cache=True, nogil=True, _nrt=False)
 def _event_code(buf, f):
     """Record code of a scanned object that `streams.events.validate` would accept, else -1."""
-    if f[F_TYPE, 0] != V_STR:
-        return -1
-    s, e = f[F_TYPE, 1], f[F_TYPE, 2]
-    if _match(buf, s, e, _WORD_BYTES, _WORD_OFF, 0):
-        etype = RECEIVED
-    elif _match(buf, s, e, _WORD_BYTES, _WORD_OFF, 1):
-        etype = TRIAGED
-    elif _match(buf, s, e, _WORD_BYTES, _WORD_OFF, 2):
-        etype = ARRIVED
-    else:
+    etype = _word_of(buf, f, F_TYPE, 0, 3)
+    if etype < 0:
         return -1
     if not _str_len_ok(f, F_CALL_ID, 64) or not _optional_str_ok(f, F_TRUST, 16):
         return -1
@@ -500,22 +553,15 @@ def _event_code(buf, f):
         return code
     if etype == TRIAGED:
         disp = DISPATCH
-        kind = f[F_DISPOSITION, 0]
-        if kind == V_STR:
-            s, e = f[F_DISPOSITION, 1], f[F_DISPOSITION, 2]
-            if _match(buf, s, e, _WORD_BYTES, _WORD_OFF, 3):
-                disp = DISPATCH
-            elif _match(buf, s, e, _WORD_BYTES, _WORD_OFF, 4):
-                disp = HEAR_AND_TREAT
-            elif _match(buf, s, e, _WORD_BYTES, _WORD_OFF, 5):
-                disp = REDIRECT
-            else:
+        if f[F_DISPOSITION, 0] != V_ABSENT:
+            disp = _word_of(buf, f, F_DISPOSITION, 3, 3)
+            if disp < 0:
                 return -1
-        elif kind != V_ABSENT:
-            return -1
         cat = 0
         kind = f[F_CATEGORY, 0]
-        if kind == V_STR:
+        if kind == V_WORD:
+            cat = f[F_CATEGORY, 1]
+        elif kind == V_STR:
             s, e = f[F_CATEGORY, 1], f[F_CATEGORY, 2]
             if e - s != 2 or buf[s] != 67 or buf[s + 1] < 49 or buf[s + 1] > 52:
                 return -1
@@ -536,41 +582,171 @@ def _event_code(buf, f):
 
 
 @njit(cache=True, nogil=True, _nrt=False)
+def _fill(buf, f, cache, r, ts_out, code_out, cid_out, trust_out,
+          c_table, c_span, c_arena, c_meta, c_recent,
+          t_table, t_span, t_arena, t_meta, t_recent, defer, cs, ce, k):
+    """Columns of record r from a scanned object; False (nothing written but PENDING) when
+    validation would not accept it. With `defer`, the call id's span goes to cs/ce[k] for
+    `intern_calls` instead of being interned here."""
+    code = _event_code(buf, f)
+    if code < 0:
+        return False
+    kind = f[F_TS, 0]
+    if kind == V_MS:
+        t = f[F_TS, 1]
+    elif kind == V_STR:
+        t = parse_ts_text(buf, f[F_TS, 1], f[F_TS, 2], cache)
+        if t < 0:
+            return False
+    elif kind == V_INT:
+        t = f[F_TS, 1]
+        if t < _MIN_TS or t >= _MAX_TS:
+            return False
+    else:
+        return False
+    ts_out[r] = t
+    code_out[r] = code
+    if defer:
+        cs[k] = f[F_CALL_ID, 1]
+        ce[k] = f[F_CALL_ID, 2]
+    else:
+        cid_out[r] = _intern(buf, f[F_CALL_ID, 1], f[F_CALL_ID, 2], c_table, c_span, c_arena,
+                             c_meta, c_recent)
+    if f[F_TRUST, 0] == V_STR:
+        trust_out[r] = _intern(buf, f[F_TRUST, 1], f[F_TRUST, 2], t_table, t_span, t_arena,
+                               t_meta, t_recent)
+    else:
+        trust_out[r] = -1
+    return True
+
+
+@njit(cache=True, nogil=True, _nrt=False)
 def parse_records(buf, starts, ends, n, rec_base, max_bytes,
                   ts_out, code_out, cid_out, trust_out,
-                  c_table, c_span, c_arena, c_meta, t_table, t_span, t_arena, t_meta,
-                  f, cache):
-    """Fill the columns of records 0..n-1 of a batch (record index rec_base + i); lines the
-    scanner is not sure about get code PENDING. The interners must have room for n more
-    strings of the batch's bytes. `f` (fields) and `cache` (timestamp minute) are scratch
-    arrays from `scratch()`."""
+                  c_table, c_span, c_arena, c_meta, c_recent,
+                  t_table, t_span, t_arena, t_meta, t_recent, f, cache):
+    """Fill the columns of records 0..n-1 given as spans (record index rec_base + i); the
+    ones the scanner is not sure about get code PENDING. The interners must have room for
+    n more strings of the batch's bytes; `f`, `cache` come from `scratch()`."""
     for i in range(n):
         s = starts[i]
         e = ends[i]
         r = rec_base + i
         code_out[r] = PENDING
-        if e - s > max_bytes or not scan_object(buf, s, e, f):
+        if e - s > max_bytes or _scan(buf, s, e, f, cache, False) != e:
             continue
-        code = _event_code(buf, f)
-        if code < 0:
-            continue
-        kind = f[F_TS, 0]
-        if kind == V_STR:
-            t = parse_ts_text(buf, f[F_TS, 1], f[F_TS, 2], cache)
-            if t < 0:
+        _fill(buf, f, cache, r, ts_out, code_out, cid_out, trust_out,
+              c_table, c_span, c_arena, c_meta, c_recent,
+              t_table, t_span, t_arena, t_meta, t_recent, False, starts, ends, i)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def region_end(buf, have, final):
+    """End of the complete lines in buf[:have] (just after the last line break; all of it
+    at the end of the input)."""
+    if final:
+        return have
+    i = have - 1
+    while i >= 0 and buf[i] != 10:
+        i -= 1
+    return i + 1
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def parse_lines(buf, pos, end, final, max_bytes, lineno, rec_base, starts, ends, linenos,
+                blanks, ts_out, code_out, cid_out, trust_out,
+                c_table, c_span, c_arena, c_meta, c_recent,
+                t_table, t_span, t_arena, t_meta, t_recent, f, cache, out, cs, ce):
+    """Lines of buf[pos:end] (complete lines: `region_end`) to records, in one pass: each
+    line is scanned as an event and its line break found on the way; lines the scanner is
+    not sure about are found with a plain search and left PENDING for Python. Records get
+    (start, end without the line break, line number) in starts/ends/linenos; blank lines
+    (ASCII whitespace only, as `bytes.isspace`) are not records, their numbers go to
+    `blanks`. Stops when starts or blanks is full. out = (records, next position, last line
+    number, blank lines). Call ids are left to `intern_calls` (their spans in cs/ce)."""
+    k = 0
+    nb = 0
+    cap = starts.shape[0]
+    bcap = blanks.shape[0]
+    while pos < end and k < cap and nb < bcap:
+        nl = -1
+        if buf[pos] == 123:
+            nl = _scan(buf, pos, end, f, cache, True)
+        parsed = nl >= 0
+        if not parsed:
+            nl = pos
+            while nl < end and buf[nl] != 10:
+                nl += 1
+        stop = nl
+        if nl < end and stop > pos and buf[stop - 1] == 13:
+            stop -= 1
+        lineno += 1
+        nxt = nl + 1 if nl < end else end
+        if not parsed:
+            blank = True
+            for i in range(pos, stop):
+                c = buf[i]
+                if not (c == 32 or (9 <= c <= 13)):
+                    blank = False
+                    break
+            if blank:
+                blanks[nb] = lineno
+                nb += 1
+                pos = nxt
                 continue
-        elif kind == V_INT:
-            t = f[F_TS, 1]
-            if t < _MIN_TS or t >= _MAX_TS:
+        r = rec_base + k
+        starts[k] = pos
+        ends[k] = stop
+        linenos[k] = lineno
+        k += 1
+        code_out[r] = PENDING
+        if parsed and stop - pos <= max_bytes:
+            _fill(buf, f, cache, r, ts_out, code_out, cid_out, trust_out,
+                  c_table, c_span, c_arena, c_meta, c_recent,
+                  t_table, t_span, t_arena, t_meta, t_recent, True, cs, ce, k - 1)
+        pos = nxt
+    out[0] = k
+    out[1] = pos
+    out[2] = lineno
+    out[3] = nb
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def intern_calls(buf, cs, ce, k, rec_base, code_out, cid_out, table, span, arena, meta, recent,
+                 hs, todo):
+    """Call ids of the k records parse_lines left (spans cs/ce). Most ids were seen minutes
+    before and come from the `recent` cache; for the others the table slots of a group of
+    64 are read first, all at once, so their cache misses overlap instead of queueing
+    (hs, todo: scratch of 64)."""
+    mask = np.uint64(table.shape[0] - 1)
+    rmask = np.uint64(recent.shape[0] - 1)
+    warm = np.int64(0)
+    i = 0
+    while i < k:
+        j = min(i + 64, k)
+        for q in range(i, j):
+            todo[q - i] = False
+            if code_out[rec_base + q] == PENDING:
                 continue
-        else:
-            continue
-        ts_out[r] = t
-        code_out[r] = code
-        cid_out[r] = _intern(buf, f[F_CALL_ID, 1], f[F_CALL_ID, 2], c_table, c_span, c_arena,
-                             c_meta)
-        if f[F_TRUST, 0] == V_STR:
-            trust_out[r] = _intern(buf, f[F_TRUST, 1], f[F_TRUST, 2], t_table, t_span, t_arena,
-                                   t_meta)
-        else:
-            trust_out[r] = -1
+            s = cs[q]
+            e = ce[q]
+            h = _hash(buf, s, e)
+            tag = np.int64(h >> np.uint64(33))
+            v = recent[np.int64((h >> np.uint64(13)) & rmask)]
+            if v >= 0 and (v >> 32) == tag and _same(buf, s, e - s, span, arena,
+                                                     v & 0xFFFFFFFF):
+                cid_out[rec_base + q] = v & 0xFFFFFFFF
+                continue
+            hs[q - i] = h
+            todo[q - i] = True
+            warm ^= table[np.int64(h & mask)]
+        for q in range(i, j):
+            if not todo[q - i]:
+                continue
+            h = hs[q - i]
+            tag = np.int64(h >> np.uint64(33))
+            idx = _lookup(buf, cs[q], ce[q], h, tag, table, span, arena, meta)
+            recent[np.int64((h >> np.uint64(13)) & rmask)] = (tag << 32) | idx
+            cid_out[rec_base + q] = idx
+        i = j
+    return warm      # returned so the warming reads are not optimised away

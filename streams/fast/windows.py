@@ -19,25 +19,7 @@ _BIG = np.int64(np.iinfo(np.int64).max)
 _BLK = 6        # histogram blocks of 64 buckets
 
 
-@njit(cache=True, nogil=True)
-def sketch_positions(ms, table, bounds, shift):
-    """Sketch bucket (table position) of each value ms / 1000 s; -1 for zero."""
-    out = np.empty(ms.shape[0], np.int64)
-    x = np.empty(1, np.float64)
-    bits = x.view(np.int64)
-    for i in range(ms.shape[0]):
-        if ms[i] == 0:
-            out[i] = -1
-            continue
-        x[0] = ms[i] / 1000.0
-        p = np.int64(table[(bits[0] & _ABS) >> shift])
-        if x[0] > bounds[p]:
-            p += 1
-        out[i] = p
-    return out
-
-
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _lower(a, lo, hi, v):
     """First index in a[lo:hi] (sorted) with a[i] >= v."""
     while lo < hi:
@@ -49,7 +31,7 @@ def _lower(a, lo, hi, v):
     return lo
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _quantiles(hist, blk, plo, phi, n, nzero, mn, mx, qs, reps, pbase, out, row):
     """segment_quantiles' answers for the multiset in hist (positive values) plus nzero
     zeros; mn/mx in seconds."""
@@ -76,7 +58,7 @@ def _quantiles(hist, blk, plo, phi, n, nzero, mn, mx, qs, reps, pbase, out, row)
             out[row, j] = mn if v < mn else (mx if v > mx else v)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _clear(hist, blk, plo, phi):
     for i in range(plo, phi + 1):
         hist[i] = 0
@@ -84,7 +66,7 @@ def _clear(hist, blk, plo, phi):
         blk[b] = 0
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _aggregate_close(c0, c1, comps, n_trusts, ob, oms, op, ko, lb, lms, lp, la, lko,
                      tb, tko, tlb, tla, tlko, qs, reps, pbase, npos, h1, b1, h2, b2,
                      agg, quant, tot):
@@ -268,7 +250,7 @@ def window_aggregates(comp_off, comps, n_trusts,
 _LIMIT = np.int64(1) << np.int64(49)   # thousandths; beyond, floats go through Python's repr
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _round3(x, scratch):
     """Python's round(x, 3) (half-even on the exact binary value) as integer thousandths,
     for 0 <= x; -1 when too large for `_put_milli`."""
@@ -290,7 +272,7 @@ def _round3(x, scratch):
     return q
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _put_int(out, pos, v):
     if v < 0:
         out[pos] = 45
@@ -310,7 +292,7 @@ def _put_int(out, pos, v):
     return pos + n
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _put_milli(out, pos, d):
     """repr(d / 1000) for 0 <= d < 2**49 (fixed notation, trailing zeros dropped)."""
     pos = _put_int(out, pos, d // 1000)
@@ -333,7 +315,7 @@ def _put_milli(out, pos, d):
     return pos
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _put(out, pos, src, a, b):
     for i in range(a, b):
         out[pos] = src[i]
@@ -341,7 +323,7 @@ def _put(out, pos, src, a, b):
     return pos
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _put_lit(out, pos, which):
     return _put(out, pos, _LIT, _LIT_OFF[which], _LIT_OFF[which + 1])
 
@@ -360,7 +342,7 @@ _LIT_OFF = np.cumsum([0] + [len(x) for x in _LITS]).astype(np.int64)
  L_C3, L_C4, L_EMPTY, L_STAR) = range(len(_LITS))
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _category_json(out, pos, head, h0, h1_, tname, t0, t1, cat, agg, quant, wait_n, wait_l,
                    has_wait, scratch):
     """One category record (WindowStore._category_record's dict, as orjson writes it);
@@ -414,7 +396,7 @@ def _category_json(out, pos, head, h0, h1_, tname, t0, t1, cat, agg, quant, wait
     return _put_lit(out, pos, L_END)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _totals_json(out, pos, head, h0, h1_, tname, t0, t1, tot):
     pos = _put(out, pos, head, h0, h1_)
     pos = _put_lit(out, pos, L_TRUST)
@@ -430,36 +412,32 @@ def _totals_json(out, pos, head, h0, h1_, tname, t0, t1, tot):
     return _put_lit(out, pos, L_END)
 
 
-@njit(cache=True, nogil=True)
+def record_buffers(n_closes: int, text_bytes: int, n_trusts: int, npos: int) -> tuple:
+    """Everything `window_records` writes into, allocated here: the kernel itself runs
+    without Numba's reference counting."""
+    nt1 = n_trusts + 1
+    return (np.empty(text_bytes, np.uint8), np.zeros(n_closes + 1, np.int64),
+            np.zeros(n_closes, np.int64), np.zeros(n_closes, np.int64),
+            np.zeros(npos + 1, np.int64), np.zeros((npos >> _BLK) + 2, np.int64),
+            np.zeros(npos + 1, np.int64), np.zeros((npos >> _BLK) + 2, np.int64),
+            np.zeros((nt1, 5, 6), np.int64), np.zeros((nt1, 5, 3), np.float64),
+            np.zeros((nt1, 6), np.int64), np.zeros((nt1, 5), np.int64),
+            np.zeros((nt1, 5), np.int64), np.zeros((nt1, 5), np.bool_),
+            np.zeros(nt1, np.bool_), np.zeros(1, np.float64))
+
+
+@njit(cache=True, nogil=True, _nrt=False)
 def window_records(comp_off, comps, head, head_off, prow_off, prows, n_trusts, trust_order,
                    tname, tname_off, ob, oms, op, ko, lb, lms, lp, la, lko,
-                   tb, tko, tlb, tla, tlko, qs, reps, pbase, npos):
+                   tb, tko, tlb, tla, tlko, qs, reps, pbase, npos,
+                   out, offs, nrec, bad, h1, b1, h2, b2, agg, quant, tot, wn, wl, hw, present,
+                   scratch):
     """JSON Lines of every window record of a batch of closes, as WindowStore._records and
-    orjson would write them. Returns (bytes, per-close byte offsets, per-close record
-    counts, per-close fallback flags: a close flagged 1 has no text here and must be built
-    by the dict path)."""
+    orjson would write them, into `out` (sized by the caller: `record_buffers`). Fills the
+    per-close byte offsets `offs`, record counts `nrec` and fallback flags `bad` (a close
+    flagged 1 has no text here and goes through the dict path); returns the bytes used."""
     nc = comp_off.shape[0] - 1
-    nt1 = n_trusts + 1
     st = n_trusts
-    out = np.empty(1 << 16, np.uint8)
-    offs = np.zeros(nc + 1, np.int64)
-    nrec = np.zeros(nc, np.int64)
-    bad = np.zeros(nc, np.int64)
-    h1 = np.zeros(npos + 1, np.int64)
-    b1 = np.zeros((npos >> _BLK) + 2, np.int64)
-    h2 = np.zeros(npos + 1, np.int64)
-    b2 = np.zeros((npos >> _BLK) + 2, np.int64)
-    agg = np.zeros((nt1, 5, 6), np.int64)
-    quant = np.zeros((nt1, 5, 3), np.float64)
-    tot = np.zeros((nt1, 6), np.int64)
-    wn = np.zeros((nt1, 5), np.int64)
-    wl = np.zeros((nt1, 5), np.int64)
-    hw = np.zeros((nt1, 5), np.bool_)
-    present = np.zeros(nt1, np.bool_)
-    scratch = np.zeros(1, np.float64)
-    maxname = 0
-    for t in range(n_trusts):
-        maxname = max(maxname, tname_off[t + 1] - tname_off[t])
     pos = 0
     for ci in range(nc):
         _aggregate_close(comp_off[ci], comp_off[ci + 1], comps, n_trusts, ob, oms, op, ko,
@@ -496,11 +474,6 @@ def window_records(comp_off, comps, head, head_off, prow_off, prows, n_trusts, t
         if anyp:
             h0 = head_off[ci]
             hl = head_off[ci + 1] - h0
-            need = (n_trusts + 1) * 6 * (hl + maxname + 400)
-            if pos + need > out.shape[0]:
-                bigger = np.empty(max(out.shape[0] * 2, pos + need), np.uint8)
-                bigger[:pos] = out[:pos]
-                out = bigger
             count = 0
             ok = True
             for cat in range(5):
@@ -541,7 +514,7 @@ def window_records(comp_off, comps, head, head_off, prow_off, prows, n_trusts, t
                 count = 0
             nrec[ci] = count
         offs[ci + 1] = pos
-    return out[:pos], offs, nrec, bad
+    return pos
 
 
 @njit(cache=True, nogil=True)
@@ -620,21 +593,24 @@ def pressure_sweep(IV, to_order, KC, ends, need, j0, j1, state, active, pos, cre
 
 
 # -- outcome tables, grouped for window queries -----------------------------------------------
-@njit(cache=True, nogil=True)
-def _closed_before(ends, tag):
-    """End of the last boundary before an outcome logged with `tag` (or the minimum)."""
-    if tag <= 0 or ends.shape[0] == 0:
-        return np.iinfo(np.int64).min
-    return ends[tag - 1]
+def _bucket_order(times: np.ndarray, bucket: int) -> np.ndarray:
+    """Rows by bucket (stable; the logs are nearly in time order, which timsort likes)."""
+    return np.argsort(times - times % bucket, kind="stable")
 
 
-@njit(cache=True, nogil=True)
 def prepare_responses(R, ends, bucket, n_keys, cat_index, table, bounds, shift):
     """Responses (stop, ms, tag|trust|category) -> on-time and late tables grouped by key
     (trust * 5 + category index) and sorted by bucket within a key: (ob, oms, op, ko) and
     (lb, lms, lp, la, lko); op/lp are sketch positions (-1 for zero). A response is late
     when a boundary had already closed its bucket when it was added (WindowStore's test)."""
+    return _group_responses(R, _bucket_order(R[:, 0], bucket), ends, bucket, n_keys,
+                            cat_index, table, bounds, shift)
+
+
+@njit(cache=True, nogil=True)
+def _group_responses(R, order, ends, bucket, n_keys, cat_index, table, bounds, shift):
     n = R.shape[0]
+    nb = ends.shape[0]
     kcount = np.zeros(n_keys + 1, np.int64)
     lcount = np.zeros(n_keys + 1, np.int64)
     for i in range(n):
@@ -642,26 +618,25 @@ def prepare_responses(R, ends, bucket, n_keys, cat_index, table, bounds, shift):
         tag = packed >> 32
         key = ((packed >> 3) & 0x1FFFFFFF) * 5 + cat_index[packed & 7]
         b = R[i, 0] - R[i, 0] % bucket
-        if b < _closed_before(ends, tag):
+        if tag > 0 and nb > 0 and b < ends[tag - 1]:
             lcount[key + 1] += 1
         else:
             kcount[key + 1] += 1
     ko = np.cumsum(kcount)
     lko = np.cumsum(lcount)
-    no = ko[n_keys]
-    nl = lko[n_keys]
-    ob = np.empty(no, np.int64)
-    oms = np.empty(no, np.int64)
-    op = np.empty(no, np.int32)
-    lb = np.empty(nl, np.int64)
-    lms = np.empty(nl, np.int64)
-    lp = np.empty(nl, np.int32)
-    la = np.empty(nl, np.int64)
+    ob = np.empty(ko[n_keys], np.int64)
+    oms = np.empty(ko[n_keys], np.int64)
+    op = np.empty(ko[n_keys], np.int32)
+    lb = np.empty(lko[n_keys], np.int64)
+    lms = np.empty(lko[n_keys], np.int64)
+    lp = np.empty(lko[n_keys], np.int32)
+    la = np.empty(lko[n_keys], np.int64)
     fo = ko[:-1].copy()
     fl = lko[:-1].copy()
     x = np.empty(1, np.float64)
     bits = x.view(np.int64)
-    for i in range(n):
+    for o in range(n):
+        i = order[o]
         packed = R[i, 2]
         tag = packed >> 32
         key = ((packed >> 3) & 0x1FFFFFFF) * 5 + cat_index[packed & 7]
@@ -673,7 +648,7 @@ def prepare_responses(R, ends, bucket, n_keys, cat_index, table, bounds, shift):
             p = np.int64(table[(bits[0] & _ABS) >> shift])
             if x[0] > bounds[p]:
                 p += 1
-        if b < _closed_before(ends, tag):
+        if tag > 0 and nb > 0 and b < ends[tag - 1]:
             j = fl[key]
             fl[key] = j + 1
             lb[j] = b
@@ -686,37 +661,27 @@ def prepare_responses(R, ends, bucket, n_keys, cat_index, table, bounds, shift):
             ob[j] = b
             oms[j] = ms
             op[j] = p
-    for k in range(n_keys):
-        a0 = ko[k]
-        a1 = ko[k + 1]
-        if a1 - a0 > 1:
-            o = np.argsort(ob[a0:a1], kind="mergesort") + a0
-            ob[a0:a1] = ob[o]
-            oms[a0:a1] = oms[o]
-            op[a0:a1] = op[o]
-        a0 = lko[k]
-        a1 = lko[k + 1]
-        if a1 - a0 > 1:
-            o = np.argsort(lb[a0:a1], kind="mergesort") + a0
-            lb[a0:a1] = lb[o]
-            lms[a0:a1] = lms[o]
-            lp[a0:a1] = lp[o]
-            la[a0:a1] = la[o]
     return ob, oms, op, ko, lb, lms, lp, la, lko
 
 
-@njit(cache=True, nogil=True)
 def prepare_totals(T, ends, bucket, n_keys):
     """Call totals (time, tag|trust|kind) -> on-time buckets grouped by key (trust * 4 +
     kind) and sorted, (tb, tko), and the late ones with their tags, (tlb, tla, tlko)."""
+    return _group_totals(T, _bucket_order(T[:, 0], bucket), ends, bucket, n_keys)
+
+
+@njit(cache=True, nogil=True)
+def _group_totals(T, order, ends, bucket, n_keys):
     n = T.shape[0]
+    nb = ends.shape[0]
     kcount = np.zeros(n_keys + 1, np.int64)
     lcount = np.zeros(n_keys + 1, np.int64)
     for i in range(n):
         packed = T[i, 1]
+        tag = packed >> 32
         key = ((packed >> 2) & 0x3FFFFFFF) * 4 + (packed & 3)
         b = T[i, 0] - T[i, 0] % bucket
-        if b < _closed_before(ends, packed >> 32):
+        if tag > 0 and nb > 0 and b < ends[tag - 1]:
             lcount[key + 1] += 1
         else:
             kcount[key + 1] += 1
@@ -727,12 +692,13 @@ def prepare_totals(T, ends, bucket, n_keys):
     tla = np.empty(lko[n_keys], np.int64)
     fo = ko[:-1].copy()
     fl = lko[:-1].copy()
-    for i in range(n):
+    for o in range(n):
+        i = order[o]
         packed = T[i, 1]
         tag = packed >> 32
         key = ((packed >> 2) & 0x3FFFFFFF) * 4 + (packed & 3)
         b = T[i, 0] - T[i, 0] % bucket
-        if b < _closed_before(ends, tag):
+        if tag > 0 and nb > 0 and b < ends[tag - 1]:
             j = fl[key]
             fl[key] = j + 1
             tlb[j] = b
@@ -741,15 +707,4 @@ def prepare_totals(T, ends, bucket, n_keys):
             j = fo[key]
             fo[key] = j + 1
             tb[j] = b
-    for k in range(n_keys):
-        a0 = ko[k]
-        a1 = ko[k + 1]
-        if a1 - a0 > 1:
-            tb[a0:a1] = np.sort(tb[a0:a1])
-        a0 = lko[k]
-        a1 = lko[k + 1]
-        if a1 - a0 > 1:
-            o = np.argsort(tlb[a0:a1], kind="mergesort") + a0
-            tlb[a0:a1] = tlb[o]
-            tla[a0:a1] = tla[o]
     return tb, ko, tlb, tla, lko
