@@ -26,6 +26,7 @@ import numpy as np
 import orjson
 
 from streams.errors import CallstreamError
+from streams.progress import ProgressBar
 from streams.replay import check_logs, iter_lines
 from streams.timefmt import parse_ts
 from streams.topics import TopicNames
@@ -92,40 +93,6 @@ class Pacer:
                 return None
             self.clock = ts
         return self.origin_wall + (self.clock - self.origin_ts) / 1000.0 / self.speed
-
-
-class ProgressBar:
-    """One line on stderr: bar, percent, events, events/s, ETA; at most 4 updates a second."""
-
-    def __init__(self, total: float, enabled: bool, label: str = "replay") -> None:
-        self.total = max(float(total), 1.0)
-        self.enabled = enabled
-        self.label = label
-        self.started = time.perf_counter()
-        self.last = 0.0
-
-    def update(self, events: int, done: float, force: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if not force and now - self.last < 0.25:
-            return
-        self.last = now
-        elapsed = max(now - self.started, 1e-9)
-        frac = min(done / self.total, 1.0)
-        eta = elapsed * (1 - frac) / frac if frac > 0 else float("nan")
-        filled = int(frac * 24)
-        bar = "#" * filled + "." * (24 - filled)
-        eta_text = f"{eta:5.0f} s" if eta == eta else "    ? s"
-        sys.stderr.write(f"\r{self.label}: [{bar}] {frac:6.1%}  {events:,} events  "
-                         f"{events / elapsed:,.0f} ev/s  ETA {eta_text} ")
-        sys.stderr.flush()
-
-    def close(self, events: int, done: float) -> None:
-        if self.enabled:
-            self.update(events, done, force=True)
-            sys.stderr.write("\n")
-            sys.stderr.flush()
 
 
 class StopOnInterrupt:

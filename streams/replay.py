@@ -24,6 +24,7 @@ import orjson
 
 from streams.errors import CallstreamError
 from streams.events import DeadLetter, Event, decode
+from streams.progress import ProgressBar
 from streams.processor import CollectingOutputs, Processor
 from streams.settings import ConfigError, ProcessingSettings, load_config_file, processing_from_table
 
@@ -122,43 +123,6 @@ def process_lines(lines: Iterable[bytes], settings: ProcessingSettings, rules=No
                            settings, rules, engine=engine)  # type: ignore[return-value]
 
 
-class _Progress:
-    """A one-line progress report on stderr: events, events/s, percent of bytes, ETA."""
-
-    def __init__(self, total_bytes: int, enabled: bool) -> None:
-        self.total = max(total_bytes, 1)
-        self.enabled = enabled
-        self.started = time.perf_counter()
-        self.last = self.started
-
-    def update(self, events: int, done_bytes: int, force: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if not force and now - self.last < 0.5:
-            return
-        self.last = now
-        elapsed = max(now - self.started, 1e-9)
-        frac = min(done_bytes / self.total, 1.0)
-        eta = elapsed * (1 - frac) / frac if frac > 0 else 0.0
-        sys.stderr.write(f"\rreplay: {events:,} events  {events / elapsed:,.0f} ev/s  "
-                         f"{frac:6.1%}  ETA {eta:5.0f} s ")
-        sys.stderr.flush()
-
-    def phase(self, events: int, what: str) -> None:
-        """A step after reading (the columnar engine processes once everything is read)."""
-        if self.enabled:
-            elapsed = max(time.perf_counter() - self.started, 1e-9)
-            sys.stderr.write(f"\rreplay: {events:,} events read in {elapsed:.0f} s, {what}"
-                             + " " * 20)
-            sys.stderr.flush()
-
-    def done(self, events: int) -> None:
-        if self.enabled:
-            self.update(events, self.total, force=True)
-            sys.stderr.write("\n")
-
-
 def _is_gzip(path: Path) -> bool:
     with open(path, "rb") as f:
         return f.read(2) == b"\x1f\x8b"
@@ -225,7 +189,7 @@ def run_offline(paths: list[str], out_dir: str | Path, settings: ProcessingSetti
         raise CallstreamError(f"cannot create output directory {str(out)!r}: {exc.strerror}") from None
     outputs = FileOutputs(out)
     total_bytes = sum(p.stat().st_size for p in logs)
-    bar = _Progress(total_bytes, sys.stderr.isatty() if progress is None else progress)
+    bar = ProgressBar(total_bytes, sys.stderr.isatty() if progress is None else progress)
     if engine == "columnar":
         from streams.fast.engine import ColumnarReplay
         try:
@@ -237,7 +201,7 @@ def run_offline(paths: list[str], out_dir: str | Path, settings: ProcessingSetti
             summary = replay.run()
         finally:
             outputs.close()
-        bar.done(summary["events"])
+        bar.close(summary["events"], total_bytes)
         (out / "summary.json").write_bytes(
             orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
         return summary
@@ -257,7 +221,7 @@ def run_offline(paths: list[str], out_dir: str | Path, settings: ProcessingSetti
             engine="reference")
     finally:
         outputs.close()
-    bar.done(summary["events"])
+    bar.close(summary["events"], total_bytes)
     (out / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
     return summary
 

@@ -3,8 +3,6 @@ letters for unusable rows, mapping overrides and filters, and one-line errors.""
 
 from __future__ import annotations
 
-import os
-
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +12,7 @@ import orjson
 import pandas as pd
 import pytest
 
+from tests.conftest import in_ci
 from producers.ambsys import shared_dir
 from producers.importer import import_csv, load_mapping
 from streams.replay import process_lines
@@ -25,7 +24,7 @@ PRIORITY = {"E": "C1", "3": "C2", "2": "C3", "1": "C4", "A": "C4", "B": "C4", "C
 TRANSPORT = {"MEDIC", "PRIVATE"}
 
 # the shared data is part of the project: CI must have it (a laptop without it may skip)
-needs_sf = pytest.mark.skipif(not SF.exists() and os.environ.get("CI") != "true",
+needs_sf = pytest.mark.skipif(not SF.exists() and not in_ci(),
                               reason=f"no SF data at {SF}")
 
 

@@ -3,8 +3,6 @@ scenario shapes, determinism, delivery faults, and the command line."""
 
 from __future__ import annotations
 
-import os
-
 import gzip
 import subprocess
 import sys
@@ -16,6 +14,7 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from tests.conftest import in_ci
 from producers import ambsys
 from producers.simulate import (MAX_RESPONSE_S, SCENARIOS, Disorder, ResponseDistribution,
                                 TrustProfile, generate, like, simulate)
@@ -28,7 +27,7 @@ CAP_MS = {"C1": 30_000, "C2": 240_000, "C3": 240_000, "C4": 240_000}
 START = parse_ts("2026-01-14T00:00:00.000Z")
 
 # the shared data is part of the project: CI must have it (a laptop without it may skip)
-pytestmark = pytest.mark.skipif(not AMBSYS.exists() and os.environ.get("CI") != "true",
+pytestmark = pytest.mark.skipif(not AMBSYS.exists() and not in_ci(),
                                 reason=f"no AmbSYS data at {AMBSYS}")
 
 
