@@ -57,6 +57,18 @@ def make_producer(bootstrap: str, **overrides):
         raise _unreachable(bootstrap, exc) from None
 
 
+#: Input records carry their event time as Kafka timestamp, so a replayed log is "old": with
+#: time-based retention and rolling Kafka would delete it as soon as it lands (and roll a
+#: segment per batch). Inputs are kept until deleted on purpose; the worker re-reads them
+#: after a crash.
+KEEP_FOREVER = {"retention.ms": "-1", "segment.ms": str(100 * 365 * 86_400_000)}
+
+
+def topic_configs(is_input: bool) -> dict[str, str]:
+    cfg = {"max.message.bytes": str(MAX_REQUEST_BYTES)}
+    return {**cfg, **KEEP_FOREVER} if is_input else cfg
+
+
 def ensure_topics(bootstrap: str, topics: TopicNames, partitions: int) -> None:
     """Create missing topics (inputs with `partitions`, co-partitioned); refuse mismatches."""
     from kafka.admin import KafkaAdminClient, NewTopic
@@ -68,7 +80,7 @@ def ensure_topics(bootstrap: str, topics: TopicNames, partitions: int) -> None:
         raise _unreachable(bootstrap, exc) from None
     try:
         existing = set(admin.list_topics())
-        wanted = [NewTopic(name, partitions, 1, topic_configs={"max.message.bytes": str(MAX_REQUEST_BYTES)})
+        wanted = [NewTopic(name, partitions, 1, topic_configs=topic_configs(name in topics.inputs))
                   for name in topics if name not in existing]
         if wanted:
             try:

@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Alertmanager to notify of alert state changes, e.g. http://127.0.0.1:9093 "
                         "(default: $CALLSTREAM_ALERTMANAGER_URL)")
     w.add_argument("--data-dir", default=None, help="Faust state directory")
+    w.add_argument("--idle-timeout", default="5s",
+                   help="wall-clock time after which a caught-up, silent input partition stops "
+                        "holding the watermark back (default 5s)")
+    w.add_argument("--checkpoint-every", default="10s",
+                   help="how often join and merge state is snapshotted to Kafka (default 10s)")
     w.add_argument("--loglevel", default="info")
 
     # replay -------------------------------------------------------------------------

@@ -83,6 +83,7 @@ class DeadLetter(NamedTuple):
     raw: bytes
     position_kind: str = "line"  # "line" for files, "offset" for Kafka
     partition: int | None = None  # Kafka partition of the source topic
+    key: bytes | None = None      # Kafka key of the source record (calls.deadletter keeps it)
 
     def to_dict(self) -> dict:
         out = {"reason": self.reason, "detail": self.detail, "source": self.source}

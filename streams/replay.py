@@ -3,8 +3,8 @@
 Reads JSON Lines (`.jsonl`, or gzip `.jsonl.gz`, detected by magic bytes) and writes
 summary.json, stats.jsonl, alerts.jsonl and dead_letters.jsonl. Blank lines are not records
 and are skipped. Two engines give byte-identical files: `columnar` (`streams.fast`: the same
-rules run in bulk, over 10x faster, for month- and year-long logs) and `reference` (the live
-worker's `Processor`, fed one decoded event at a time; the oracle in the tests). `auto`, the
+rules run in bulk, over 10x faster, for month- and year-long logs) and `reference` (the
+`Processor`, fed one decoded event at a time; the oracle in the tests). `auto`, the
 default, takes the reference for small inputs, where loading the columnar kernels (~0.5 s;
 compiling them, once per install, ~1 min) would cost more than it saves;
 `CALLSTREAM_REPLAY_ENGINE` overrides the choice."""

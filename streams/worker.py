@@ -1,30 +1,22 @@
-"""`callstream worker`: the Faust adapter around the processing core.
+"""`callstream worker`: the Faust app around the live processor (`streams.live`).
 
-Consumes the three input topics (co-partitioned by call_id) as raw bytes in batches, decodes
-with `streams.events.decode` (the same decoder as the offline replay), sends every rejected
-record to `calls.deadletter` with its original bytes, reason and topic/partition/offset, and
-feeds valid events to a `Processor` whose window records go to `calls.stats` and alerts to
-`calls.alerts`. The control-room feed (dashboard, API, /metrics, Alertmanager notifications)
-is attached by `streams.web.attach`. Scale-out across workers (two-level aggregation) is a
-later step; one worker owning all partitions gives exactly the offline replay's answers."""
+Faust runs the process: its web server (bound to 127.0.0.1 unless told otherwise, with
+/health and the control-room feed from `streams.web.attach`), signal handling (SIGTERM
+snapshots the state and leaves the consumer groups) and logging. The processing itself is the
+pure core in two levels, `streams.partition` per input partition and `streams.aggregate` for
+the merge, driven by `streams.live.LiveProcessor` as one task of the app."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
 
-import orjson
-
 from streams.errors import CallstreamError
-from streams.events import DeadLetter, Event, decode
-from streams.processor import CollectingOutputs, Processor
-from streams.settings import ProcessingSettings
+from streams.live import LiveOptions, LiveProcessor, ensure_internal_topics
+from streams.settings import ProcessingSettings, parse_duration_ms
 from streams.topics import TopicNames
 
 log = logging.getLogger("callstream.worker")
-
-BATCH_EVENTS = 2000
-BATCH_WITHIN_S = 0.2
 
 
 @dataclass
@@ -39,21 +31,17 @@ class WorkerConfig:
     rules: object | None = None
     web_token: str | None = None            # required when web_host is not loopback
     alertmanager_url: str | None = None
+    idle_timeout_s: float = 5.0
+    checkpoint_every_s: float = 10.0
 
     @property
     def app_id(self) -> str:
         return f"{self.topic_prefix}callstream"
 
 
-def stats_key(record: dict) -> bytes:
-    return f"{record['trust']}/{record['category']}/{record['window']}".encode()
-
-
 def build_app(config: WorkerConfig):
-    """The Faust app: one agent over the three input topics."""
+    """The Faust app: web server, control-room feed, and the live processor as a task."""
     import faust
-
-    from producers.kafka_io import MAX_REQUEST_BYTES
 
     topics = TopicNames.with_prefix(config.topic_prefix)
     app = faust.App(
@@ -66,69 +54,33 @@ def build_app(config: WorkerConfig):
         web_port=config.web_port,
         topic_partitions=config.partitions,
         topic_replication_factor=1,
-        consumer_auto_offset_reset="earliest",
-        producer_acks=-1,
-        producer_max_request_size=MAX_REQUEST_BYTES,
-        consumer_max_fetch_size=MAX_REQUEST_BYTES * 2,
-        key_serializer="raw",
-        value_serializer="raw",
+        # a restarted worker waits for its killed predecessor's session to expire
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
     )
-    inputs = app.topic(*topics.inputs, key_type=bytes, value_type=bytes,
-                       key_serializer="raw", value_serializer="raw",
-                       partitions=config.partitions)
-    out_stats = app.topic(topics.stats, key_serializer="raw", value_serializer="raw")
-    out_alerts = app.topic(topics.alerts, key_serializer="raw", value_serializer="raw")
-    out_dead = app.topic(topics.deadletter, key_serializer="raw", value_serializer="raw")
-
-    outputs = CollectingOutputs()
-    processor = Processor(config.settings, outputs, rules=config.rules, position_kind="offset")
-    counters = app.callstream_counters = {"events": 0, "dead_letters": 0, "stats": 0}
-    app.callstream_processor = processor
     from streams.web.attach import attach
-    control_room = attach(app, bootstrap=config.bootstrap, topics=topics, group_id=config.app_id,
+    holder: dict = {}
+    control_room = attach(app, bootstrap=config.bootstrap, topics=topics,
+                          group_id=f"{config.app_id}-join",
                           web_host=config.web_host, web_token=config.web_token,
                           alertmanager_url=config.alertmanager_url,
-                          watermark=lambda: processor.watermark,
+                          watermark=lambda: holder["live"].watermark,
                           timezone=config.settings.timezone)
-    max_bytes = config.settings.max_record_bytes
-    dead_keys: dict[int, bytes | None] = {}
+    live = holder["live"] = LiveProcessor(LiveOptions(
+        bootstrap=config.bootstrap, topic_prefix=config.topic_prefix, group=config.app_id,
+        partitions=config.partitions, settings=config.settings,
+        rules_factory=lambda: config.rules, idle_timeout_s=config.idle_timeout_s,
+        checkpoint_every_s=config.checkpoint_every_s, on_alert=control_room.alert))
+    app.callstream_live = live
+    app.task(live.run)
 
-    @app.agent(inputs)
-    async def ingest(stream):
-        async for batch in stream.take_events(BATCH_EVENTS, within=BATCH_WITHIN_S):
-            for event in batch:
-                msg = event.message
-                raw = msg.value if msg.value is not None else b""
-                r = decode(raw, msg.topic, msg.offset, max_bytes)
-                if type(r) is Event:
-                    processor.feed(r)
-                else:
-                    letter = DeadLetter(r.reason, r.detail, msg.topic, msg.offset, raw,
-                                        "offset", msg.partition)
-                    dead_keys[id(letter)] = msg.key
-                    processor.reject(letter)
-            counters["events"] += len(batch)
-            await _flush(outputs)
-
-    async def _flush(out: CollectingOutputs) -> None:
-        for letter in out.dead_letters:
-            key = dead_keys.pop(id(letter), None)
-            await out_dead.send(key=key, value=orjson.dumps(letter.to_dict()))
-        counters["dead_letters"] += len(out.dead_letters)
-        for rec in out.stats_records:
-            await out_stats.send(key=stats_key(rec), value=orjson.dumps(rec))
-        counters["stats"] += len(out.stats_records)
-        for rec in out.alert_records:
-            await out_alerts.send(key=str(rec.get("fingerprint", "")).encode(),
-                                  value=orjson.dumps(rec))
-            control_room.alert(rec)
-        out.dead_letters.clear()
-        out.stats_records.clear()
-        out.alert_records.clear()
+    async def stop_live(_app, **_kwargs) -> None:
+        await live.stop()
+    app.on_before_shutdown.connect(stop_live)
 
     @app.page("/health")
     async def health(web, request):
-        return web.json({"status": "ok", **counters, "watermark": processor.watermark})
+        return web.json({"status": "ok", **live.state.health()})
 
     return app
 
@@ -138,6 +90,8 @@ def preflight(config: WorkerConfig) -> None:
     from producers.kafka_io import ensure_topics
     ensure_topics(config.bootstrap, TopicNames.with_prefix(config.topic_prefix),
                   config.partitions)
+    from streams.live import InternalTopics
+    ensure_internal_topics(config.bootstrap, InternalTopics.with_prefix(config.topic_prefix))
 
 
 def run_worker(config: WorkerConfig, loglevel: str = "info") -> int:
@@ -157,10 +111,15 @@ def cli(args) -> int:
     from streams.replay import load_settings_and_rules
     if args.partitions < 1:
         raise CallstreamError("--partitions must be at least 1")
+    idle = parse_duration_ms(args.idle_timeout, "--idle-timeout") / 1000.0
+    every = parse_duration_ms(args.checkpoint_every, "--checkpoint-every") / 1000.0
+    if idle <= 0 or every <= 0:
+        raise CallstreamError("--idle-timeout and --checkpoint-every must be positive")
     settings, rules = load_settings_and_rules(args.config, None)
     config = WorkerConfig(bootstrap=args.bootstrap, topic_prefix=args.topic_prefix,
                           partitions=args.partitions, web_host=args.web_host,
                           web_port=args.web_port, data_dir=args.data_dir, settings=settings,
                           rules=rules, web_token=args.web_token,
-                          alertmanager_url=args.alertmanager_url)
+                          alertmanager_url=args.alertmanager_url, idle_timeout_s=idle,
+                          checkpoint_every_s=every)
     return run_worker(config, args.loglevel)

@@ -120,9 +120,12 @@ def create_topics(kafka_bootstrap):
             admins.append(KafkaAdminClient(bootstrap_servers=kafka_bootstrap,
                                            client_id="tests-create-topics"))
         admin = admins[0]
-        spec = {n: {"num_partitions": partitions, "replication_factor": 1} for n in names}
+        from kafka.admin import NewTopic
+        from producers.kafka_io import topic_configs
         try:
-            admin.create_topics(spec, timeout_ms=int(timeout * 1000))
+            # every test topic may carry event-time timestamps: keep them like inputs
+            admin.create_topics([NewTopic(n, partitions, 1, topic_configs=topic_configs(True))
+                                 for n in names], timeout_ms=int(timeout * 1000))
         except TopicAlreadyExistsError:
             pass
         admin.wait_for_topics(names, timeout_ms=int(timeout * 1000))

@@ -54,11 +54,14 @@ def worker(kafka_bootstrap, topic_prefix, tmp_path):
     def start(*extra: str):
         port = free_port()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        n = len(procs)
+        name = "worker" if n == 0 else f"worker{n + 1}"     # one log and state dir each
         proc = subprocess.Popen(
             [sys.executable, "-m", "streams.cli", "worker", "--bootstrap", kafka_bootstrap,
              "--topic-prefix", topic_prefix, "--web-port", str(port),
-             "--data-dir", str(tmp_path / "worker"), *extra],
-            stdout=open(tmp_path / "worker.log", "wb"), stderr=subprocess.STDOUT, env=env)
+             "--data-dir", str(tmp_path / name), "--idle-timeout", "1s",
+             "--checkpoint-every", "2s", *extra],
+            stdout=open(tmp_path / f"{name}.log", "wb"), stderr=subprocess.STDOUT, env=env)
         procs.append(proc)
         return proc, port
 

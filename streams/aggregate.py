@@ -1,0 +1,354 @@
+"""The window half of the processing core: outcomes in, window records and alerts out.
+
+The per-call join (`streams.episodes`) reports outcomes (a call, a hear-and-treat, a redirect,
+a response); `WindowTotals` adds them to the windows and the summary, and at each closed
+bucket closes windows and runs the rules. The offline `Processor` wires one join straight into
+it; the live worker runs one join per input partition (`streams.partition`) and merges their
+per-bucket outcomes here through `PartitionMerge`, so both paths share this code and give the
+same records. Every outcome is added to a multiset (values per bucket, integer sums), so the
+order in which partitions' outcomes arrive within a bucket does not change any output."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable, Protocol
+
+import numpy as np
+
+from streams.events import DeadLetter
+from streams.settings import ProcessingSettings
+from streams.sketch import QuantileSketch
+from streams.windows import (CALLS, CATEGORY_KEYS, HEAR_AND_TREAT, QUANTILES, REDIRECTED,
+                             REDIRECTED_C1, WindowStore)
+
+
+class Outputs(Protocol):
+    """Where results go: files for the offline replay, Kafka topics for the worker."""
+
+    def stats(self, record: dict) -> None: ...
+    def alert(self, record: dict) -> None: ...
+    def dead_letter(self, letter: DeadLetter) -> None: ...
+
+
+class CollectingOutputs:
+    """Outputs kept in lists: the worker drains them after each batch; tests read them."""
+
+    def __init__(self) -> None:
+        self.stats_records: list[dict] = []
+        self.alert_records: list[dict] = []
+        self.dead_letters: list[DeadLetter] = []
+
+    def stats(self, record: dict) -> None:
+        self.stats_records.append(record)
+
+    def alert(self, record: dict) -> None:
+        self.alert_records.append(record)
+
+    def dead_letter(self, letter: DeadLetter) -> None:
+        self.dead_letters.append(letter)
+
+
+class Rules(Protocol):
+    """Alert evaluation hook (streams.rules); called at every closed bucket.
+
+    `records` are the window records closed at `end`; `pressure()` gives (trust, category) ->
+    (calls waiting, longest wait ms) at `end`; `last_call` maps trust -> event time of its latest
+    processed call (the data-gap rule reads it)."""
+
+    def evaluate(self, end: int, records: list[dict], pressure: Callable[[], dict],
+                 last_call: dict[str, int], emit: Callable[[dict], None]) -> None: ...
+
+
+class CategoryTotals:
+    """Exact count/sum/max (integer ms) plus a sketch for the summary centiles."""
+
+    __slots__ = ("count", "sum_ms", "max_ms", "pending", "sketch")
+
+    def __init__(self, accuracy: float) -> None:
+        self.count = 0
+        self.sum_ms = 0
+        self.max_ms = 0
+        self.pending: list[int] = []
+        self.sketch = QuantileSketch(accuracy)
+
+    def flush(self) -> None:
+        if self.pending:
+            self.sketch.add_many(np.array(self.pending, dtype=np.float64) / 1000.0)
+            self.pending = []
+
+    def to_dict(self) -> dict:
+        self.flush()
+        if not self.count:
+            return {"count": 0, "mean_s": None, "p50_s": None, "p90_s": None, "p99_s": None,
+                    "max_s": None}
+        p50, p90, p99 = self.sketch.quantiles(QUANTILES)
+        return {"count": self.count, "mean_s": round(self.sum_ms / self.count / 1000.0, 3),
+                "p50_s": round(float(p50), 3), "p90_s": round(float(p90), 3),
+                "p99_s": round(float(p99), 3), "max_s": self.max_ms / 1000.0}
+
+
+class WindowTotals:
+    """Windows, summary totals and rules, fed outcomes; closed one bucket at a time."""
+
+    def __init__(self, settings: ProcessingSettings, outputs: Outputs,
+                 rules: Rules | None = None) -> None:
+        self.settings = settings
+        self.outputs = outputs
+        self.rules = rules
+        self.windows = WindowStore(settings)
+        self.calls = 0
+        self.hear_and_treat = 0
+        self.redirected = 0
+        self.categories = {c: CategoryTotals(settings.relative_accuracy) for c in CATEGORY_KEYS}
+        self.last_call: dict[str, int] = {}
+        self.dead_letters: dict[str, int] = {}
+        self.stats_records = 0
+        self.alert_records = 0
+
+    # -- outcomes (the join's OutcomeSink, window half) ---------------------------------
+    def on_call(self, trust: str, ts: int) -> None:
+        self.calls += 1
+        if ts > self.last_call.get(trust, -1):
+            self.last_call[trust] = ts
+        self.windows.add_total(trust, ts, CALLS)
+
+    def on_hear_and_treat(self, trust: str, ts: int) -> None:
+        self.hear_and_treat += 1
+        self.windows.add_total(trust, ts, HEAR_AND_TREAT)
+
+    def on_redirected(self, trust: str, ts: int, category: str | None) -> None:
+        self.redirected += 1
+        self.windows.add_total(trust, ts, REDIRECTED)
+        if category == "C1":
+            self.windows.add_total(trust, ts, REDIRECTED_C1)
+
+    def on_response(self, trust: str, category: str, stop_ts: int, ms: int) -> None:
+        tot = self.categories[category]
+        tot.count += 1
+        tot.sum_ms += ms
+        if ms > tot.max_ms:
+            tot.max_ms = ms
+        tot.pending.append(ms)
+        if len(tot.pending) >= 65536:
+            tot.flush()
+        self.windows.add_response(trust, category, stop_ts, ms)
+
+    def on_incomplete(self, reason: str, trust: str | None) -> None:
+        pass  # counted by the join; reported in the summary
+
+    def on_dead_letter(self, letter: DeadLetter) -> None:
+        self.dead_letters[letter.reason] = self.dead_letters.get(letter.reason, 0) + 1
+        self.outputs.dead_letter(letter)
+
+    # -- event-time boundary -----------------------------------------------------------
+    def close(self, end: int, pressure: Callable[[], dict], rules: bool = True) -> None:
+        """Close the bucket ending at `end`: window records out, then the rules."""
+        records = self.windows.close(end, pressure)
+        stats = self.outputs.stats
+        for rec in records:
+            stats(rec)
+        self.stats_records += len(records)
+        if rules and self.rules is not None:
+            self.rules.evaluate(end, records, pressure, self.last_call, self._emit_alert)
+
+    def _emit_alert(self, record: dict) -> None:
+        self.alert_records += 1
+        self.outputs.alert(record)
+
+    def summary(self) -> dict:
+        """The window half of summary.json (CONTRACT §3)."""
+        return {
+            "dead_letters": sum(self.dead_letters.values()),
+            "calls": self.calls,
+            "hear_and_treat": self.hear_and_treat,
+            "redirected": self.redirected,
+            "categories": {c: t.to_dict() for c, t in self.categories.items()},
+            "dead_letter_reasons": dict(sorted(self.dead_letters.items())),
+        }
+
+
+def merged_pressure(end: int, waiting: list[dict]) -> dict[tuple[str, str], tuple[int, int]]:
+    """Pressure at `end` from several joins' waiting states ((trust, category) -> (calls
+    waiting, earliest clock start)): counts add up, the longest wait is the earliest start's."""
+    if len(waiting) == 1:
+        return {k: (n, end - s if end > s else 0) for k, (n, s) in waiting[0].items()}
+    acc: dict[tuple[str, str], list[int]] = {}
+    for state in waiting:
+        for k, (n, s) in state.items():
+            a = acc.get(k)
+            if a is None:
+                acc[k] = [n, s]
+            else:
+                a[0] += n
+                if s < a[1]:
+                    a[1] = s
+    return {k: (n, end - s if end > s else 0) for k, (n, s) in sorted(acc.items())}
+
+
+_IDLE_JUMP_MS = 33 * 24 * 3_600_000  # as the Processor: past this much empty time, skip
+
+
+class _PartitionState:
+    """What the merge knows of one input partition."""
+
+    __slots__ = ("seq", "released_through", "first_frontier", "next_slot", "source_max",
+                 "queue", "waiting", "counters", "reported")
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.released_through: int | None = None
+        self.first_frontier: int | None = None
+        self.next_slot: int | None = None
+        self.source_max: tuple = ()
+        self.queue: deque = deque()
+        self.waiting: dict = {}
+        self.counters: dict = {}
+        self.reported = False
+
+
+class PartitionMerge:
+    """The second level of the live scale-out: adds up every partition's bucket outcomes.
+
+    A bucket closes once every input partition has released it (the watermark is the
+    minimum over partitions; the live adapter leaves idle partitions out of that minimum by
+    releasing them with the global watermark). Closing then runs exactly the offline
+    Processor's boundary: the same `WindowTotals`, so live records equal offline ones."""
+
+    def __init__(self, settings: ProcessingSettings, outputs: Outputs, rules: Rules | None,
+                 partitions: int) -> None:
+        self.settings = settings
+        self.bucket_ms = settings.bucket_ms
+        self.lateness_ms = settings.allowed_lateness_ms
+        self.totals = WindowTotals(settings, outputs, rules)
+        self.parts = [_PartitionState() for _ in range(partitions)]
+        self.frontier: int | None = None
+        self.last_activity: int | None = None
+
+    @property
+    def outputs(self) -> Outputs:
+        return self.totals.outputs
+
+    def attach(self, outputs: Outputs) -> None:
+        """Point outputs somewhere new (after restoring from a snapshot)."""
+        self.totals.outputs = outputs
+
+    # -- input ---------------------------------------------------------------------------
+    def take(self, report) -> bool:
+        """Apply one `streams.partition.PartitionReport`; False if it was applied before."""
+        st = self.parts[report.partition]
+        if report.seq <= st.seq:
+            return False
+        if report.seq != st.seq + 1:
+            raise ValueError(f"partition {report.partition}: report {report.seq} after "
+                             f"{st.seq}; reports were lost")
+        st.seq = report.seq
+        st.released_through = report.released_through
+        st.first_frontier = report.first_frontier
+        st.next_slot = report.next_slot
+        st.source_max = report.source_max
+        st.counters = report.counters
+        st.reported = True
+        st.queue.extend(report.buckets)
+        for letter in report.dead_letters:
+            self.totals.on_dead_letter(letter)
+        return True
+
+    @property
+    def global_watermark(self) -> int | None:
+        """Highest event time seen on any partition - allowed lateness: the offline
+        Processor's watermark; idle partitions are released up to it."""
+        top = None
+        for st in self.parts:
+            for m in st.source_max:
+                if m is not None and (top is None or m > top):
+                    top = m
+        return None if top is None else top - self.lateness_ms
+
+    @property
+    def closable_through(self) -> int | None:
+        """Every bucket ending at or before this has been released by every partition."""
+        low = None
+        for st in self.parts:
+            if st.released_through is None:
+                return None
+            if low is None or st.released_through < low:
+                low = st.released_through
+        return low
+
+    # -- closing -------------------------------------------------------------------------
+    def advance(self) -> int:
+        """Close every bucket all partitions have released; returns how many closed."""
+        target = self.closable_through
+        if target is None:
+            return 0
+        if self.frontier is None:
+            firsts = [st.first_frontier for st in self.parts if st.first_frontier is not None]
+            if not firsts:
+                return 0
+            self.frontier = min(firsts)
+        bucket = self.bucket_ms
+        totals = self.totals
+        parts = self.parts
+        closed = 0
+        while self.frontier + bucket <= target:
+            start = self.frontier
+            end = start + bucket
+            active = False
+            for st in parts:
+                q = st.queue
+                while q and q[0].end <= end:
+                    b = q.popleft()
+                    active = active or b.active
+                    for trust, ts, kind in b.calls:
+                        if kind == CALLS:
+                            totals.on_call(trust, ts)
+                        elif kind == HEAR_AND_TREAT:
+                            totals.on_hear_and_treat(trust, ts)
+                        else:
+                            totals.on_redirected(trust, ts, "C1" if kind == REDIRECTED_C1
+                                                 else None)
+                    for trust, cat, stop, ms in b.responses:
+                        totals.on_response(trust, cat, stop, ms)
+                    if b.waiting is not None:
+                        st.waiting = b.waiting
+            if active:
+                self.last_activity = start
+            cache: list = []
+
+            def pressure(end=end, cache=cache) -> dict:
+                if not cache:
+                    cache.append(merged_pressure(end, [st.waiting for st in parts
+                                                       if st.waiting]))
+                return cache[0]
+
+            totals.close(end, pressure)
+            closed += 1
+            self.frontier = end
+            if not active and self.last_activity is not None \
+                    and self.frontier - self.last_activity > _IDLE_JUMP_MS:
+                upcoming = [st.queue[0].end - bucket for st in parts if st.queue]
+                upcoming += [st.next_slot for st in parts if st.next_slot is not None]
+                nxt = min(upcoming) if upcoming else target - target % bucket
+                if nxt > self.frontier:
+                    self.frontier = nxt
+        return closed
+
+    def summary(self) -> dict:
+        """Totals so far, in the shape of the offline summary.json (for /health)."""
+        counters: dict = {"events": 0, "late_events": 0, "duplicates": 0, "after_final": 0,
+                          "c1_without_transport": 0}
+        incomplete: dict[str, int] = {}
+        for st in self.parts:
+            for k in counters:
+                counters[k] += st.counters.get(k, 0)
+            for k, n in st.counters.get("incomplete", {}).items():
+                incomplete[k] = incomplete.get(k, 0) + n
+        t = self.totals
+        return {"events": counters["events"], **t.summary(),
+                "incomplete": dict(sorted(incomplete.items())),
+                "duplicates": counters["duplicates"], "after_final": counters["after_final"],
+                "c1_without_transport": counters["c1_without_transport"],
+                "late_events": counters["late_events"],
+                "late_responses": t.windows.late_responses, "too_late": t.windows.too_late,
+                "stats_records": t.stats_records, "alerts": t.alert_records,
+                "clock": self.settings.clock}
