@@ -40,6 +40,7 @@ from collections import deque
 import logging
 import pickle
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
@@ -56,6 +57,12 @@ log = logging.getLogger("callstream.live")
 SEQ_HEADER = "callstream-seq"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 FETCH_RECORDS = 50_000
+#: Per input partition and fetch: a few thousand events, so partitions advance together.
+JOIN_FETCH_BYTES = 512 * 1024
+#: A topic partition more than this much event time ahead of the slowest one still reading
+#: is paused: the merge can only close what every partition has released, so running ahead
+#: only piles up outcomes in memory (and in snapshots) and delays every window.
+ALIGN_MS = 10 * 60_000
 
 
 class InternalTopics(NamedTuple):
@@ -131,12 +138,22 @@ def _producer(bootstrap: str):
                             max_batch_size=1024 * 1024)
 
 
-def _consumer(bootstrap: str, group: str | None = None, **kw):
+def _consumer(bootstrap: str, group: str | None = None,
+              partition_fetch_bytes: int = MAX_MESSAGE_BYTES, **kw):
     from aiokafka import AIOKafkaConsumer
     return AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
                             enable_auto_commit=False, auto_offset_reset="earliest",
-                            max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
+                            max_partition_fetch_bytes=partition_fetch_bytes,
                             fetch_max_bytes=MAX_MESSAGE_BYTES, **kw)
+
+
+def _pack(obj) -> bytes:
+    """Snapshots: pickled, then compressed (response values and call ids compress well)."""
+    return zlib.compress(pickle.dumps(obj, protocol=5), 1)
+
+
+def _unpack(blob: bytes):
+    return pickle.loads(zlib.decompress(blob))
 
 
 async def _read_ranges(bootstrap: str, ranges: list[tuple[str, int, int, int | None]]
@@ -246,6 +263,7 @@ class JoinStage:
         # the range assignor gives a consumer the same partition numbers of every input
         # topic: the co-partitioning the per-call join relies on
         self.consumer = _consumer(self.opts.bootstrap, f"{self.opts.group}-join",
+                                  partition_fetch_bytes=JOIN_FETCH_BYTES,
                                   partition_assignment_strategy=(RangePartitionAssignor,),
                                   max_poll_interval_ms=600_000, session_timeout_ms=15_000,
                                   heartbeat_interval_ms=1_000)
@@ -276,7 +294,7 @@ class JoinStage:
             if not fresh:
                 return
             checkpoints = await load_checkpoints(self.opts.bootstrap, self.opts.internal.checkpoints)
-            saved = {p: pickle.loads(checkpoints[b"join/%d" % p]) if b"join/%d" % p in checkpoints
+            saved = {p: _unpack(checkpoints[b"join/%d" % p]) if b"join/%d" % p in checkpoints
                      else _Partition(PartitionJoin(p, self.opts.settings)) for p in fresh}
             since = min(part.partials_offset for part in saved.values()) + 1
             published = (await _read_ranges(self.opts.bootstrap,
@@ -332,8 +350,33 @@ class JoinStage:
         if part is None:
             return
         part.last_snapshot = time.monotonic()
-        await self.producer.send_and_wait(self.opts.internal.checkpoints,
-                                          pickle.dumps(part, protocol=5), key=b"join/%d" % p)
+        await self.producer.send_and_wait(self.opts.internal.checkpoints, _pack(part),
+                                          key=b"join/%d" % p)
+
+    def _align(self) -> None:
+        """Pause the topic partitions that run ahead in event time of the slowest one that
+        still has records to read; resume them once it has caught up."""
+        from aiokafka import TopicPartition
+        rows = []
+        for p, part in self.parts.items():
+            for s, topic in enumerate(self.sources):
+                tp = TopicPartition(topic, p)
+                high = self.consumer.highwater(tp)
+                reading = high is None or part.offsets[s] < high
+                rows.append((tp, part.join.source_max[s], reading))
+        behind = [m if m is not None else -1 for _, m, reading in rows if reading]
+        if not behind:
+            pause, resume = [], [tp for tp, _, _ in rows]
+        else:
+            low = min(behind)
+            pause = [tp for tp, m, _ in rows if m is not None and m > low + ALIGN_MS]
+            resume = [tp for tp, m, _ in rows if m is None or m <= low + ALIGN_MS]
+        paused = self.consumer.paused()
+        if pause:
+            self.consumer.pause(*[tp for tp in pause if tp not in paused])
+        back = [tp for tp in resume if tp in paused]
+        if back:
+            self.consumer.resume(*back)
 
     # -- the loop --------------------------------------------------------------------------
     def _watermark(self, part: _Partition, now: float) -> int | None:
@@ -420,13 +463,17 @@ class JoinStage:
             for p, part in self.parts.items():
                 if now - part.last_snapshot >= self.opts.checkpoint_every_s:
                     await self.snapshot(p)
+            self._align()
             if now - self._last_commit >= 0.5 and self.parts:
                 # committed offsets are for people (consumer lag on the dashboard and in
                 # kafka-consumer-groups); recovery seeks to the snapshot's own offsets
                 self._last_commit = now
-                await self.consumer.commit({
-                    TopicPartition(topic, p): part.offsets[s]
-                    for p, part in self.parts.items() for s, topic in enumerate(self.sources)})
+                try:
+                    await self.consumer.commit({
+                        TopicPartition(topic, p): part.offsets[s]
+                        for p, part in self.parts.items() for s, topic in enumerate(self.sources)})
+                except Exception as exc:        # a rebalance under way: the next one will do
+                    log.debug("offset commit skipped: %s", exc)
         self.state.events += n
         return n
 
@@ -493,7 +540,7 @@ class MergeStage:
             saved = (await load_checkpoints(self.opts.bootstrap,
                                             self.opts.internal.checkpoints)).get(b"merge")
             if saved is not None:
-                cp: _MergeCheckpoint = pickle.loads(saved)
+                cp: _MergeCheckpoint = _unpack(saved)
                 cp.merge.attach(self.outputs)
             else:
                 cp = _MergeCheckpoint(PartitionMerge(self.opts.settings, self.outputs,
@@ -545,7 +592,7 @@ class MergeStage:
             return
         cp.merge.attach(None)
         try:
-            blob = pickle.dumps(cp, protocol=5)
+            blob = _pack(cp)
         finally:
             cp.merge.attach(self.outputs)
         await self.producer.send_and_wait(self.opts.internal.checkpoints, blob, key=b"merge")

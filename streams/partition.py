@@ -58,6 +58,7 @@ class PartitionJoin:
         self._responses: list[tuple[str, str, int, int]] = []
         self.dead_letters: list[DeadLetter] = []   # to ship with the next report
         self._waiting_sent: Waiting = {}
+        self._late_since = False                   # a late event was joined since the last bucket
 
     # -- input -------------------------------------------------------------------------
     def feed(self, ev: Event, source: int) -> None:
@@ -74,6 +75,7 @@ class PartitionJoin:
                 self._min_ts = ts
         elif ts < frontier:
             self.late_events += 1
+            self._late_since = True
             self.join.process(ev)
             return
         start = ts - ts % self.bucket_ms
@@ -136,9 +138,13 @@ class PartitionJoin:
                 # nothing buffered, nothing open, nothing to forget: skip to the watermark
                 self.frontier = watermark - watermark % bucket
                 continue
+            n_open = len(join.open)
             join.expire(end)
-            waiting = self._waiting_state()
-            changed = waiting != self._waiting_sent
+            # only events and expiries move calls in or out of waiting
+            dirty = slot is not None or self._late_since or len(join.open) != n_open
+            self._late_since = False
+            waiting = self._waiting_state() if dirty else self._waiting_sent
+            changed = dirty and waiting != self._waiting_sent
             if slot is not None or changed or self._calls or self._responses:
                 out.append(BucketOutcome(end, slot is not None, self._calls, self._responses,
                                          waiting if changed else None))

@@ -20,6 +20,7 @@ from streams.replay import load_settings_and_rules
 from streams.timefmt import parse_ts
 from streams.topics import TopicNames
 from tests import test_pipeline
+from tests.test_dashboard import api
 from tests.test_pipeline import consume, health
 
 worker = test_pipeline.worker      # the same worker-process fixture
@@ -154,6 +155,12 @@ def test_second_worker_joins_mid_stream_then_first_leaves(kafka_bootstrap, topic
     wait_for(lambda: (health(port_b) or {}).get("partitions"), what="second worker's share")
     publish(tmp_path, "b.jsonl", lines[third:2 * third], kafka_bootstrap, topic_prefix)
     wait_for(lambda: (health(port_b) or {}).get("events", 0) > 0, what="second worker reading")
+
+    def both_answer_alike():
+        # any worker answers for the whole system: the same stats from both web servers
+        a, b = api(port_a, "/api/stats"), api(port_b, "/api/stats")
+        return a is not None and a.get("stats") and a == b
+    wait_for(both_answer_alike, timeout=60, what="both workers' API to agree")
     first.send_signal(signal.SIGTERM)                     # and back to one worker
     assert first.wait(60) == 0
     publish(tmp_path, "c.jsonl", lines[2 * third:], kafka_bootstrap, topic_prefix)

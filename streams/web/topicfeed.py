@@ -10,8 +10,9 @@ records written while the feed starts up are never skipped.
 
 Health is measured against Kafka as well: consumer lag and events/s from the worker group's
 committed offsets against the input topics' end offsets (all workers together), broker
-connectivity from whether those requests succeed. The watermark comes from the local
-processor through a callable."""
+connectivity from whether those requests succeed. The watermark comes from the live
+processor through a callable: the merge's closed-through time on the worker running the
+merge, the global watermark it publishes on every other worker."""
 
 from __future__ import annotations
 
