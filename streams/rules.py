@@ -14,8 +14,10 @@ Configuration is the `[alerts]` part of the `--config` TOML file, merged over th
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
+import operator
 import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,11 +25,13 @@ from enum import StrEnum
 from importlib import resources
 from typing import Callable, Iterable, NamedTuple
 
+import numpy as np
 import orjson
 
+from streams.fast.alerts import NEVER, NOT_STARTED, next_stops
 from streams.settings import ConfigError, ProcessingSettings, format_duration, parse_duration_ms
 from streams.timefmt import format_ts
-from streams.windows import ALL, ALL_TRUSTS
+from streams.windows import ALL, ALL_TRUSTS, CATEGORY_KEYS
 
 MINUTE_MS = 60_000
 
@@ -312,6 +316,7 @@ def load_rules(doc: dict, settings: ProcessingSettings) -> tuple[Rule, ...]:
 # Words for people
 # --------------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=1 << 12)
 def say_duration(seconds: float) -> str:
     """34 min 12 s, 18 min, 2 h 5 min, 45 s."""
     s = int(round(seconds))
@@ -388,10 +393,47 @@ def _window_observation(rule: Rule, rec: dict | None) -> Observation:
 
 
 # --------------------------------------------------------------------------------------------
+# Columns: what the rules read at a run of boundaries (the columnar engine's form)
+# --------------------------------------------------------------------------------------------
+
+WAIT_CATEGORIES = ("C1", "C2", "C3", "C4")     # category order of BoundaryBatch.waiting
+
+
+@dataclass(frozen=True)
+class ClosedWindows:
+    """The figures window rules read from one window's records closed in a batch, by close and
+    trust index (index len(trusts) is all trusts): the same numbers as the records' fields."""
+
+    at: np.ndarray            # [close] position of its boundary in the batch
+    dates: tuple              # [close] the records' `date` (calendar windows) or None
+    count: np.ndarray         # [close, trust, category (CATEGORY_KEYS)] responses
+    mean_s: np.ndarray        # [close, trust, category] `mean_s` (NaN without responses)
+    p90_s: np.ndarray         # [close, trust, category] `p90_s` (NaN without responses)
+    totals: np.ndarray        # [close, trust, 4] calls, hear_and_treat, redirected, redirected_c1
+    has_totals: np.ndarray    # [close, trust] whether that totals ("ALL") record exists
+
+
+@dataclass(frozen=True)
+class BoundaryBatch:
+    """`AlertEvaluator.evaluate`'s arguments at a run of consecutive boundaries, as columns."""
+
+    ends: np.ndarray          # [m] boundary times (ms)
+    trusts: tuple             # trust names by index
+    waiting: np.ndarray       # [category (WAIT_CATEGORIES), trust, m] calls waiting for a
+    longest_ms: np.ndarray    # crew and the longest wait (ms; 0: none); trust len(trusts) is
+    #                           all trusts (the sum of calls, the longest wait)
+    last_call: np.ndarray     # [m, trust] time of the trust's latest call (-1: none yet)
+    windows: dict             # window name -> ClosedWindows, for `AlertEvaluator.windows_read`
+
+
+# --------------------------------------------------------------------------------------------
 # Lifecycle
 # --------------------------------------------------------------------------------------------
 
 PENDING, FIRING, RESOLVING = "pending", "firing", "resolving"
+_FOUND_ORDER = operator.itemgetter(0, 1, 2)     # boundary, rule, trust: `evaluate`'s order
+_NO_RUN = (0, 0.0, 0, NOT_STARTED)
+_NO_RUNS = {n: [_NO_RUN] * n for n in range(len(SEVERITIES) + 1)}
 
 
 @dataclass(slots=True)
@@ -411,6 +453,36 @@ class AlertState:
     obs: Observation = field(default_factory=lambda: Observation(None, 0))
 
 
+_DAY_MS = 86_400_000
+
+
+@functools.lru_cache(maxsize=1 << 10)
+def _day_text(day: int) -> str:
+    """"YYYY-MM-DDT" of a UTC day (days since the epoch), as `format_ts` writes it."""
+    return format_ts(day * _DAY_MS)[:11]
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def _ts_text(ms: int) -> str:
+    """`format_ts` for alert records: the date from `format_ts` once per day, the clock by
+    arithmetic (the same text; alerts are frequent enough for strftime to show)."""
+    day, rest = divmod(ms, _DAY_MS)
+    sec, frac = divmod(rest, 1000)
+    h, sec = divmod(sec, 3600)
+    m, sec = divmod(sec, 60)
+    if frac:
+        return f"{_day_text(day)}{h:02d}:{m:02d}:{sec:02d}.{frac:03d}Z"
+    return f"{_day_text(day)}{h:02d}:{m:02d}:{sec:02d}Z"
+
+
+@functools.lru_cache(maxsize=8)
+def _ones(shape: tuple) -> np.ndarray:
+    """A read-only array of ones (the scale of levels that do not move)."""
+    ones = np.ones(shape)
+    ones.flags.writeable = False
+    return ones
+
+
 def fingerprint(labels: dict) -> str:
     """Stable identity of an alert: a hash of its rule and labels (same across restarts)."""
     return hashlib.sha256(orjson.dumps(labels, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
@@ -419,7 +491,9 @@ def fingerprint(labels: dict) -> str:
 class AlertEvaluator:
     """Evaluates the rules at every closed bucket (the `Processor.Rules` hook) and emits
     Alertmanager-style state changes. The live worker and the offline replay use this same
-    object, so both raise the same alerts at the same event times."""
+    object, so both raise the same alerts at the same event times: `evaluate` per boundary,
+    or `evaluate_batch` for a run of boundaries at once (the columnar replay), which runs the
+    same state machine (`_apply`) only where an alert's state can change."""
 
     def __init__(self, rules: Iterable[Rule], settings: ProcessingSettings,
                  exhaustive: bool = False) -> None:
@@ -460,6 +534,12 @@ class AlertEvaluator:
         self._quiet: dict[str, dict[str, tuple[float, float]]] = {}
         #: per rule, the trusts holding a pending or firing alert
         self._live: dict[str, set[str]] = {}
+        self._level_of = {(r.name, lv.severity): lv for r in self.rules for lv in r.levels}
+        #: rule -> (its unit's name, the digits its values are rounded to)
+        self._unit = {r.name: (r.info.unit.value, 4 if r.info.unit is Unit.SHARE else 3)
+                      for r in self.rules}
+        #: (rule, trust, severity) -> (fingerprint, labels): an alert's identity, made once
+        self._identity: dict[tuple[str, str, str], tuple[str, dict]] = {}
 
     # -- the hook ----------------------------------------------------------------------
     def evaluate(self, end: int, records: list[dict], pressure: Callable[[], dict],
@@ -511,6 +591,303 @@ class AlertEvaluator:
         for rule in self._activity_rules:
             if end % rule.every_ms == 0:
                 self._gap_rule(rule, end, last_call, emit)
+
+    # -- the batch form (columnar engine) ------------------------------------------------
+    @property
+    def windows_read(self) -> frozenset[str]:
+        """The windows whose closed records the rules read (`BoundaryBatch.windows`)."""
+        names = set(self._windows)
+        if self._activity_rules:
+            names.add(self._rate_window[0])
+        return frozenset(names)
+
+    def evaluate_batch(self, batch: BoundaryBatch, emit: Callable[[dict], None]) -> None:
+        """`evaluate` at every boundary of `batch`, with the same alerts in the same order.
+
+        Per rule and trust, `_watch` says in which range of values, and until when, the next
+        evaluations cannot change its alerts; `next_stops` (Numba) finds where the value
+        leaves that range or the time comes, and only there does `_apply` run (each rule and
+        trust on its own: they share no state). Months of minute boundaries then cost a
+        state-machine pass per state change instead of a Python call per boundary."""
+        found: list[tuple[int, int, str, dict]] = []
+        self._quiet.clear()        # `evaluate`'s own shortcut: stale once states move here
+        factors = self._activity_timeline(batch) if self._activity_rules else {}
+        ordered = self._window_rules + self._pressure_rules + self._activity_rules
+        for order, rule in enumerate(ordered):
+            source = rule.info.source
+            if source is Source.WINDOW:
+                closes = batch.windows.get(rule.window)
+                if closes is None or not len(closes.at):
+                    continue
+                at = closes.at
+                keys, values, observe = self._window_columns(rule, batch.trusts, closes)
+                scale = None
+            else:
+                at = np.arange(len(batch.ends))
+                if source is Source.PRESSURE:
+                    keys, values, observe = self._pressure_columns(rule, batch)
+                    scale = None
+                else:
+                    keys, values, scale, observe = self._gap_columns(rule, batch,
+                                                                     factors[rule.name])
+                skipped = batch.ends % rule.every_ms != 0
+                if skipped.any():
+                    values[:, skipped] = np.nan
+            self._follow(rule, order, keys, values, scale, batch.ends[at], at, observe, found)
+        found.sort(key=_FOUND_ORDER)
+        for f in found:
+            emit(f[3])
+
+    def _follow(self, rule: Rule, order: int, keys: list[str], values: np.ndarray,
+                scale: np.ndarray | None, times: np.ndarray, at: np.ndarray,
+                observe: Callable, found: list) -> None:
+        """Run `rule`'s lifecycle over the points of `values` ([trust, point]; NaN: no
+        verdict there), evaluating only where `_watch` allows a change. Before such a point,
+        the levels whose state the skipped points changed (a pending alert dropped or begun,
+        a firing one resolving or firing again) are replayed at those points alone."""
+        n_keys, m = values.shape
+        if not n_keys or not m:
+            return
+        scaled = scale is not None
+        if not scaled:
+            scale = _ones(values.shape)
+        levels = self._levels[rule.name]
+        n_levels = len(levels)
+        low = np.empty(n_keys)
+        high = np.empty(n_keys)
+        until = np.empty(n_keys, np.int64)
+        run_dir = np.zeros((n_keys, n_levels), np.int64)
+        run_level = np.zeros((n_keys, n_levels))
+        run_for = np.zeros((n_keys, n_levels), np.int64)
+        run_since = np.zeros((n_keys, n_levels), np.int64)
+
+        def watch(k: int) -> None:
+            low[k], high[k], until[k], runs = self._watch(rule, keys[k], scaled)
+            for lv, (direction, level, duration, since) in enumerate(runs):
+                run_dir[k, lv] = direction
+                run_level[k, lv] = level
+                run_for[k, lv] = duration
+                run_since[k, lv] = since
+
+        for k in range(n_keys):
+            watch(k)
+        pos = np.full(n_keys, -1, np.int64)
+        stop = np.empty(n_keys, np.int64)
+        marks = np.empty((n_keys, 2, n_levels), np.int64)   # where runs broke, began
+        broke, began = marks[:, 0], marks[:, 1]
+        again = np.empty(n_keys, np.bool_)
+        hits = np.empty(n_keys, np.int64)
+        tails = np.empty(n_keys, np.int64)
+        todo = np.arange(n_keys, dtype=np.int64)
+
+        def replay(k: int) -> None:
+            trust = keys[k]
+            broke_k, began_k = marks[k].tolist()
+            replays = [(p, lv) for lv, p in enumerate(broke_k) if p >= 0]
+            replays += [(p, lv) for lv, p in enumerate(began_k) if p >= 0]
+            for p, lv in sorted(replays):
+                obs, scaled_levels = observe(k, p)
+                level = (levels if scaled_levels is None else scaled_levels)[lv]
+                self._apply(rule, times.item(p), {trust: obs},
+                            lambda rec, j=at.item(p): found.append((j, order, trust, rec)),
+                            {trust: (level,)})
+
+        while len(todo):
+            n_hits, n_tails = next_stops(values, scale, times, low, high, until, run_dir,
+                                         run_level, run_for, run_since, pos, todo, stop,
+                                         broke, began, again, hits, tails)
+            # runs under way at the end of the batch: their state goes on to the next one
+            for k in tails[:n_tails].tolist():
+                replay(k)
+            todo = hits[:n_hits].copy()
+            for k, x, replays in zip(todo.tolist(), stop[todo].tolist(), again[todo].tolist()):
+                trust = keys[k]
+                if replays:
+                    replay(k)
+                obs, scaled_levels = observe(k, x)
+                self._apply(rule, times.item(x), {trust: obs},
+                            lambda rec, j=at.item(x): found.append((j, order, trust, rec)),
+                            None if scaled_levels is None else {trust: scaled_levels})
+                watch(k)
+
+    def _watch(self, rule: Rule, trust: str, scaled: bool = False) -> tuple:
+        """Where evaluating `rule` for `trust` can be skipped: (low, high, until, runs).
+
+        While the value v stays in low < v <= high (in the rule's unscaled levels) and the
+        time is before `until`, evaluations change nothing but runs: per level, (direction,
+        level, duration, since) means values above (1) or at or below (-1) the level for
+        `duration` ms (counted from `since` for a run under way) make the next change.
+
+        - no alert or pending: a run above the level for `for` fires it; a shorter run is
+          a pending alert dropped again, which leaves no trace;
+        - firing or resolving, notified: a run back inside the margin for `resolve_for`
+          resolves it; a shorter one fires again, no trace. Runs are replayed level by
+          level, without the critical, so an inhibited warning that repeats keeps to plain
+          limits instead, like one not yet notified (it waits for its critical);
+        - a repeat falls due at `repeat_interval`;
+        - nothing can be skipped for an alert that would be notified now, for a band's
+          (either side changes it), or for any alert of a rule whose levels move (`scaled`:
+          data gaps scaled by call rates, where each evaluation records the level used)."""
+        never = (math.inf, -math.inf, NEVER, _NO_RUNS[len(self._levels[rule.name])])
+        if self.exhaustive:
+            return never
+        name = rule.name
+        if scaled and self._live.get(name) and trust in self._live[name]:
+            return never
+        low, high, until = -math.inf, math.inf, NEVER
+        runs = []
+        critical_active = False
+        for sev, hi, lo, hi_clear, _lo_clear in self._levels[name]:
+            st = self.states.get((name, trust, sev))
+            if lo != -math.inf:
+                if st is not None:
+                    return never
+                low = max(low, math.nextafter(lo, -math.inf))
+                high = min(high, hi)
+                runs.append(_NO_RUN)
+            elif st is None:
+                runs.append((1, hi, rule.for_ms, NOT_STARTED))
+            elif st.state == PENDING:
+                runs.append((1, hi, rule.for_ms, st.since))
+            else:
+                inhibited = critical_active and sev == "warning"
+                if st.notified and not (inhibited and rule.repeat_ms):
+                    runs.append((-1, hi_clear, rule.resolve_for_ms,
+                                 NOT_STARTED if st.state == FIRING else st.since))
+                elif not st.notified and not inhibited:
+                    return never
+                else:
+                    runs.append(_NO_RUN)
+                    if st.state == FIRING:
+                        low = max(low, hi_clear)
+                    else:
+                        high = min(high, hi_clear)
+                        until = min(until, st.since + rule.resolve_for_ms)
+                if rule.repeat_ms and not inhibited:
+                    until = min(until, st.last_notified + rule.repeat_ms)
+                if sev == "critical":
+                    critical_active = True
+        return low, high, until, runs
+
+    def _rule_trusts(self, rule: Rule, names: tuple) -> tuple[list[int], list[str]]:
+        """Trust indexes and names a rule observes (index len(names): all trusts)."""
+        idx = [t for t, name in enumerate(names) if self._keep(rule, name)]
+        keys = [names[t] for t in idx]
+        if self._keep(rule, ALL_TRUSTS):
+            idx.append(len(names))
+            keys.append(ALL_TRUSTS)
+        return idx, keys
+
+    def _window_columns(self, rule: Rule, names: tuple, closes: ClosedWindows):
+        """A window rule's verdicts by trust and close (`_window_observation` in columns)."""
+        idx, keys = self._rule_trusts(rule, names)
+        dates = closes.dates
+        m = rule.metric
+        if m is Metric.RESPONSE_MEAN or m is Metric.RESPONSE_P90:
+            c = CATEGORY_KEYS.index(rule.category)
+            n = closes.count[:, idx, c]
+            v = (closes.mean_s if m is Metric.RESPONSE_MEAN else closes.p90_s)[:, idx, c]
+            ok = (n > 0) & (n >= rule.min_sample) & ~np.isnan(v)
+            values = np.ascontiguousarray(np.where(ok, v, np.nan).T)
+
+            def observe(k: int, x: int):
+                rec = None if dates[x] is None else {"date": dates[x]}
+                return Observation(values.item(k, x), n.item(x, k), record=rec), None
+            return keys, values, observe
+        calls = closes.totals[:, idx, 0]
+        has = closes.has_totals[:, idx]
+        if m is Metric.C1_REDIRECTED:
+            part = closes.totals[:, idx, 3]
+            ok = has & ~((calls < rule.min_sample) & (part == 0))
+            values = np.ascontiguousarray(np.where(ok, part.astype(np.float64), np.nan).T)
+
+            def observe(k: int, x: int):
+                rec = None if dates[x] is None else {"date": dates[x]}
+                return Observation(float(part.item(x, k)), calls.item(x, k), record=rec), None
+            return keys, values, observe
+        part = closes.totals[:, idx, 2 if m is Metric.REDIRECT_SHARE else 1]
+        ok = has & (calls > 0) & (calls >= rule.min_sample)
+        values = np.ascontiguousarray(np.where(ok, part / np.maximum(calls, 1), np.nan).T)
+
+        def observe(k: int, x: int):
+            rec = None if dates[x] is None else {"date": dates[x]}
+            p, n = part.item(x, k), calls.item(x, k)
+            return Observation(p / n, n, (p,), rec), None
+        return keys, values, observe
+
+    def _pressure_columns(self, rule: Rule, batch: BoundaryBatch):
+        """A pressure rule's values by trust and boundary (`_pressure_rule` in columns: a
+        trust with none waiting counts as 0; all trusts sum the calls, take the longest)."""
+        idx, keys = self._rule_trusts(rule, batch.trusts)
+        c = WAIT_CATEGORIES.index(rule.category)
+        rows = slice(None) if idx == list(range(len(batch.trusts) + 1)) else idx
+        n = batch.waiting[c, rows]
+        longest = batch.longest_ms[c, rows]
+        values = n.astype(np.float64) if rule.metric is Metric.CALLS_WAITING else longest / 1000.0
+        wait_observation = self._wait_observation
+
+        def observe(k: int, x: int):
+            return wait_observation(rule, n.item(k, x), longest.item(k, x)), None
+        return keys, values, observe
+
+    def _gap_columns(self, rule: Rule, batch: BoundaryBatch, factors: np.ndarray):
+        """A data-gap rule's values by trust and boundary (`_gap_rule` in columns), with each
+        trust's level factor per boundary as the scale of its levels."""
+        names = batch.trusts
+        idx, keys = self._rule_trusts(rule, names)
+        last = batch.last_call
+        m, nt = last.shape
+        latest = last.max(axis=1) if nt else np.full(m, -1, np.int64)
+        ts = np.hstack((last, latest[:, None]))[:, idx]
+        gaps = np.where(ts >= 0, (latest[:, None] - ts) / 1000.0, np.nan)
+        scale = np.hstack((factors, np.ones((m, 1))))[:, idx]
+        if idx and idx[-1] == nt:                   # all trusts: the gap runs to the clock
+            gaps[:, -1] = np.where(latest >= 0, (batch.ends - latest) / 1000.0, np.nan)
+        values = np.ascontiguousarray(gaps.T)
+        scale = np.ascontiguousarray(scale.T)
+
+        def observe(k: int, x: int):
+            factor = scale.item(k, x)
+            obs = Observation(values.item(k, x), 1, (ts.item(x, k),))
+            return obs, (self._scaled_levels(rule, factor) if factor > 1.0 else None)
+        return keys, values, scale, observe
+
+    def _activity_timeline(self, batch: BoundaryBatch) -> dict[str, np.ndarray]:
+        """What `evaluate` does for data-gap rules before any rule, in boundary order: note
+        each trust's first call, learn call rates from the rate window's records; returns
+        each data-gap rule's level factor per boundary and trust ([m, trust])."""
+        names = batch.trusts
+        last = batch.last_call
+        m, nt = last.shape
+        seen = last >= 0
+        new = {t: int(np.argmax(seen[:, t])) for t in range(nt)
+               if names[t] not in self._first_seen and seen[:, t].any()}
+
+        def note_first_calls(upto: int) -> None:
+            for t, x in sorted(new.items(), key=lambda item: item[1]):
+                if x <= upto:
+                    self._first_seen[names[t]] = int(last[x, t])
+                    del new[t]
+
+        def factors_now() -> list[list[float]]:
+            return [[self._gap_factor(r, names[t]) for t in range(nt)]
+                    for r in self._activity_rules]
+        starts, rows = [0], [factors_now()]
+        closes = batch.windows.get(self._rate_window[0])
+        if closes is not None:
+            calls = closes.totals[:, :, 0].tolist()
+            for x, has, n in zip(closes.at.tolist(), closes.has_totals.tolist(), calls):
+                note_first_calls(x)
+                end = batch.ends.item(x)
+                for t in range(nt):
+                    if has[t]:
+                        self._learn_rate(end, names[t], n[t])
+                starts.append(x)
+                rows.append(factors_now())
+        note_first_calls(m)
+        which = np.searchsorted(np.array(starts), np.arange(m), side="right") - 1
+        table = np.array(rows, np.float64).reshape(len(rows), len(self._activity_rules), nt)
+        return {r.name: table[which, i, :] for i, r in enumerate(self._activity_rules)}
 
     # -- observations ------------------------------------------------------------------
     def _keep(self, rule: Rule, trust: str) -> bool:
@@ -578,14 +955,30 @@ class AlertEvaluator:
         return Observation(longest_ms / 1000.0, n, (n,))
 
     def _learn_rates(self, end: int, records: list[dict]) -> None:
-        """Each trust's call rate from its latest longest-rolling-window totals record (over
-        the part of the window since its first call, so a young stream is not underrated)."""
-        name, size_ms = self._rate_window
+        """Each trust's call rate from its latest longest-rolling-window totals record."""
+        name = self._rate_window[0]
         for rec in records:
             if rec["window"] == name and rec["category"] == ALL:
-                first = self._first_seen.get(rec["trust"])
-                if first is not None and end > first:
-                    self._call_rate[rec["trust"]] = rec["calls"] / min(size_ms, end - first)
+                self._learn_rate(end, rec["trust"], rec["calls"])
+
+    def _learn_rate(self, end: int, trust: str, calls: int) -> None:
+        """Calls per ms over the part of the rate window since the trust's first call, so a
+        young stream is not underrated."""
+        first = self._first_seen.get(trust)
+        if first is not None and end > first:
+            self._call_rate[trust] = calls / min(self._rate_window[1], end - first)
+
+    def _gap_factor(self, rule: Rule, trust: str) -> float:
+        """How far a trust's gap levels stretch: `usual_gaps` times its usual gap between
+        calls, relative to the lowest level (never below 1)."""
+        rate = self._call_rate.get(trust) if rule.usual_gaps else None
+        if not rate:
+            return 1.0
+        return max(1.0, rule.usual_gaps / rate / 1000.0 / self._lowest[rule.name])
+
+    def _scaled_levels(self, rule: Rule, factor: float) -> tuple:
+        return tuple((sev, h * factor, lo, hc * factor, lc)
+                     for sev, h, lo, hc, lc in self._levels[rule.name])
 
     def _gap_rule(self, rule: Rule, end: int, last_call: dict[str, int], emit) -> None:
         """A trust is silent once its gap passes the level, or `usual_gaps` times its usual
@@ -604,15 +997,11 @@ class AlertEvaluator:
         levels_for = {}
         for t, ts in last_call.items():
             v = (latest - ts) / 1000.0
-            factor = 1.0
-            rate = self._call_rate.get(t) if rule.usual_gaps else None
-            if rate:
-                factor = max(1.0, rule.usual_gaps / rate / 1000.0 / self._lowest[rule.name])
+            factor = self._gap_factor(rule, t)
             if (v > hi * factor or (live and t in live)) and self._keep(rule, t):
                 observations[t] = Observation(v, 1, (ts,))
                 if factor > 1.0:
-                    levels_for[t] = tuple((sev, h * factor, lo, hc * factor, lc)
-                                          for sev, h, lo, hc, lc in self._levels[rule.name])
+                    levels_for[t] = self._scaled_levels(rule, factor)
         if "all" in rule.scope:
             v = (end - latest) / 1000.0
             if v > hi or (live and ALL_TRUSTS in live):
@@ -647,8 +1036,11 @@ class AlertEvaluator:
                 if st is None:
                     if crossed is None:
                         continue
-                    labels = self._labels(rule, trust, sev)
-                    st = states[key] = AlertState(fingerprint(labels), labels, PENDING, end)
+                    ident = self._identity.get(key)
+                    if ident is None:
+                        labels = self._labels(rule, trust, sev)
+                        ident = self._identity[key] = (fingerprint(labels), labels)
+                    st = states[key] = AlertState(ident[0], ident[1], PENDING, end)
                     self._live.setdefault(name, set()).add(trust)
                     st.threshold, st.value, st.obs = crossed, v, obs
                     if rule.for_ms == 0:
@@ -738,19 +1130,19 @@ class AlertEvaluator:
         return labels
 
     def _record(self, rule: Rule, st: AlertState, status: str, end: int) -> dict:
-        unit = rule.info.unit
-        value = round(float(st.value), 4 if unit is Unit.SHARE else 3)
+        unit, digits = self._unit[rule.name]
+        value = round(float(st.value), digits)
         return {
             "fingerprint": st.fingerprint,
             "rule": rule.name,
             "status": status,
-            "at": format_ts(end),
-            "starts_at": format_ts(st.starts_at if st.starts_at is not None else end),
-            "ends_at": format_ts(end) if status == "resolved" else None,
+            "at": _ts_text(end),
+            "starts_at": _ts_text(st.starts_at if st.starts_at is not None else end),
+            "ends_at": _ts_text(end) if status == "resolved" else None,
             "labels": st.labels,
             "value": value,
             "threshold": st.threshold,
-            "unit": unit.value,
+            "unit": unit,
             "sample": st.obs.sample,
             "summary": self.summary(rule, st, status),
             "repeat": st.repeat if status == "firing" else 0,
@@ -764,7 +1156,6 @@ class AlertEvaluator:
         v, thr, obs = st.value, st.threshold, st.obs
         firing = status == "firing"
         severity = st.labels["severity"]
-        level = next(lv for lv in rule.levels if lv.severity == severity)
         m = rule.metric
         if m in (Metric.RESPONSE_MEAN, Metric.RESPONSE_P90):
             what = "mean response" if m is Metric.RESPONSE_MEAN else "90th-centile response"
@@ -781,6 +1172,7 @@ class AlertEvaluator:
             text = (f"{_say_share(v)} of calls redirected to other services {win} {where}, "
                     f"{cmp} ({part} of {_plural(obs.sample, 'call')})")
         elif m is Metric.HEAR_AND_TREAT_SHARE:
+            level = self._level_of[rule.name, severity]
             win = _say_window(rule.window, obs.record)
             band = f"{_say_share(level.low)}-{_say_share(level.high)}"
             cmp = (f"{'below' if thr == level.low else 'above'} the {band} band" if firing

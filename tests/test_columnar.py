@@ -270,6 +270,103 @@ def test_simulated_days_give_identical_outputs(seed, disorder):
     assert summary["calls"] > 500 and len(out.stats_records) > 1000
 
 
+# -- alert rules through the batch form ---------------------------------------------------------
+def batch_only(doc: dict | None = None, exhaustive_reference: bool = False):
+    """A rules factory for `both`: the reference engine's evaluator first (with
+    `exhaustive_reference`, the plain one that evaluates everything), then the columnar
+    engine's, which must take the batch form only (never `evaluate` per boundary)."""
+    from streams.rules import AlertEvaluator, load_rules
+    made = []
+
+    def make():
+        ev = AlertEvaluator(load_rules(doc or {}, SETTINGS), SETTINGS,
+                            exhaustive=exhaustive_reference and not made)
+        if made:
+            def per_boundary(*args):
+                raise AssertionError("the columnar engine called evaluate() per boundary")
+            ev.evaluate = per_boundary
+        made.append(ev)
+        return ev
+    return make
+
+
+#: small scenario logs on which the shipped rules raise every kind of alert: a major incident
+#: on a big trust beside one with a high hear-and-treat share and mutual aid (response means
+#: and centiles, redirect shares, C1 redirects, hear-and-treat outside its band, calls waiting,
+#: longest waits), and a small trust silent for six hours (a data gap whose level moves with
+#: the trust's learned call rate while it fires)
+SCENARIO_LOGS = {
+    "major-incident": ([TrustProfile("LAS", 4300), TrustProfile("EEAST", 2500, hear_and_treat=0.42,
+                                                                redirect_at_receipt=0.04)],
+                       "2026-01-14T00:00:00Z", 1.0, "major-incident"),
+    "data-gap": ([TrustProfile("IOW", 110), TrustProfile("NEAS", 1300)], "2026-03-28T00:00:00Z",
+                 2.0, "long-gap"),
+}
+
+
+def scenario_lines(name: str) -> list[bytes]:
+    from producers.simulate import Scenario
+    trusts, start, days, scenario = SCENARIO_LOGS[name]
+    if scenario == "long-gap":
+        scenario = Scenario("data-gap", gap_at=0.45, gap_hours=6.0)
+    return list(generate(trusts, parse_ts(start), days, seed=5, scenario=scenario,
+                         disorder=Disorder(duplicates=0.01, within_lateness=0.05,
+                                           beyond_lateness=0.003, malformed=0.002)))
+
+
+def test_shipped_rules_on_scenario_logs_raise_every_kind_of_alert_identically():
+    """The columnar engine's batch evaluation against the reference Processor calling the
+    rules at every boundary: byte-identical alerts (and everything else) on scenario logs
+    that raise every kind of alert the shipped rules have."""
+    from streams.rules import build_evaluator
+    metric_of = {r.name: r.metric.value for r in build_evaluator({}, SETTINGS).rules}
+    kinds = set()
+    for name in SCENARIO_LOGS:
+        summary, out = both(lines_records(scenario_lines(name)), SETTINGS, rules=batch_only())
+        assert summary["alerts"] == len(out.alert_records) > 20
+        kinds |= {(metric_of[a["rule"]], a["status"]) for a in out.alert_records}
+        if name == "data-gap":
+            gaps = [a for a in out.alert_records if a["rule"] == "data_gap"]
+            # the small trust's gap level is learned from its call rate and moves while firing
+            assert any(a["status"] == "resolved" and a["threshold"] > 1800.0 and a["threshold"]
+                       != next(f["threshold"] for f in gaps if f["fingerprint"] == a["fingerprint"]
+                               and f["status"] == "firing") for a in gaps)
+    assert kinds == {(m, s) for m in ("response_mean", "response_p90", "redirect_share",
+                                      "c1_redirected", "hear_and_treat_share", "calls_waiting",
+                                      "longest_wait", "data_gap")
+                     for s in ("firing", "resolved")}
+
+
+#: the lifecycle's corners on a scenario log: repeats while firing, criticals inhibiting
+#: warnings, pressure and gaps over all trusts, the interim C2 mean, a band, rules on the
+#: calendar day and on the window the data-gap rule learns call rates from
+CORNER_RULES = {"alerts": {"defaults": {"repeat_interval": "40m"}, "rules": {
+    "c2_mean_interim": {"enabled": True},
+    "c2_daily": {"metric": "response_mean", "category": "C2", "warning": "12m", "window": "day",
+                 "for": "0s"},
+    "c3_day_p90": {"metric": "response_p90", "category": "C3", "warning": "100m",
+                   "window": "24h", "for": "0s"},
+    "c2_waiting": {"metric": "calls_waiting", "category": "C2", "warning": 6, "critical": 12,
+                   "for": "2m", "resolve_for": "3m", "scope": ["trusts", "all"]},
+    "c1_longest_wait": {"scope": ["trusts", "all"], "repeat_interval": "7m"},
+    "data_gap": {"scope": ["trusts", "all"], "warning": "20m"},
+    "hear_and_treat_share": {"band": ["10%", "35%"], "min_sample": 30}}}}
+
+
+@pytest.mark.parametrize("name", list(SCENARIO_LOGS))
+def test_lifecycle_corners_agree_with_the_plain_evaluation(name):
+    """Repeats, inhibition, all-trusts pressure and gaps: the columnar engine's batch form
+    raises what the reference engine raises evaluating every observation (`exhaustive`)."""
+    summary, out = both(lines_records(scenario_lines(name)), SETTINGS,
+                        rules=batch_only(CORNER_RULES, exhaustive_reference=True))
+    alerts = out.alert_records
+    assert any(a["repeat"] > 0 for a in alerts)
+    assert {a["labels"]["trust"] for a in alerts if a["rule"] == "c2_waiting"} >= {"*"}
+    if name == "data-gap":                    # two days: a calendar day closes inside
+        assert any(a["rule"] == "c2_daily" and " on 2026-03-28 " in a["summary"] for a in alerts)
+    assert any(a["rule"] == "c3_day_p90" for a in alerts)
+
+
 # -- hand-made edge cases ------------------------------------------------------------------------
 def ev(kind: str, cid: str, minutes: float, **extra) -> bytes:
     return orjson.dumps({"type": kind, "call_id": cid, "ts": BASE + int(minutes * 60_000),
@@ -610,3 +707,34 @@ def test_progress_bar_on_the_columnar_path(tmp_path, capsys):
     summary = run_offline([str(log)], tmp_path / "o", SETTINGS, progress=True, engine="columnar")
     err = capsys.readouterr().err
     assert "processing" in err and f"{summary['events']:,} events" in err
+
+
+@hsettings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 300), n_trusts=st.integers(1, 3),
+       cut=st.integers(1, 60))
+def test_waiting_sweep_counts_and_longest_waits(seed, n, n_trusts, cut):
+    """The rules' calls waiting and longest waits per boundary (an incremental sweep over the
+    join's waiting intervals, run in pieces) against counting the open intervals directly."""
+    from streams.fast.alerts import WaitingSweep
+    from streams.fast.join import OPEN_END
+    rng = np.random.default_rng(seed)
+    n_bound = 80
+    ends = (np.arange(1, n_bound + 1) * 60_000).astype(np.int64)
+    opened = np.sort(rng.integers(0, n_bound, n))
+    closed = np.where(rng.random(n) < 0.1, OPEN_END, opened + rng.integers(0, 30, n))
+    keys = rng.integers(0, n_trusts * 4, n)
+    starts = ends[opened] - rng.integers(-30_000, 900_000, n)     # some start after the end
+    IV = np.stack([keys, starts, opened, closed], axis=1).astype(np.int64)
+    sweep = WaitingSweep(IV, n_trusts * 4)
+    parts = [sweep.run(ends, a, min(a + cut, n_bound)) for a in range(0, n_bound, cut)]
+    waiting = np.concatenate([p[0] for p in parts], axis=2)
+    longest = np.concatenate([p[1] for p in parts], axis=2)
+    for j in range(n_bound):
+        for c in range(4):
+            total, top = 0, 0
+            for t in range(n_trusts):
+                open_now = [int(s) for k, s, a, b in IV.tolist() if k == t * 4 + c and a <= j < b]
+                wait = max(0, int(ends[j]) - min(open_now)) if open_now else 0
+                assert waiting[c, t, j] == len(open_now) and longest[c, t, j] == wait
+                total, top = total + len(open_now), max(top, wait)
+            assert waiting[c, n_trusts, j] == total and longest[c, n_trusts, j] == top

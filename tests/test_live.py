@@ -14,12 +14,10 @@ import pytest
 from producers.publish import publish_logs
 from producers.simulate import Disorder, england, generate
 from streams.aggregate import CollectingOutputs
-from streams.events import DeadLetter, Event, decode
-from streams.processor import Processor
 from streams.replay import load_settings_and_rules
 from streams.timefmt import parse_ts
 from streams.topics import TopicNames
-from tests import test_pipeline
+from tests import test_partition as partitioned, test_pipeline
 from tests.test_dashboard import api
 from tests.test_pipeline import consume, health
 
@@ -38,16 +36,7 @@ def offline(lines: list[bytes]):
     """What `callstream replay --offline` has written once the watermark has passed
     everything a live worker can close (the live worker never sees an end of input)."""
     settings, rules = load_settings_and_rules(None, None)
-    out = CollectingOutputs()
-    p = Processor(settings, out, rules=rules, position_kind="line")
-    for i, line in enumerate(lines, 1):
-        r = decode(line, "log", i, settings.max_record_bytes)
-        if type(r) is Event:
-            p.feed(r)
-        else:
-            p.reject(DeadLetter(r.reason, r.detail, "log", i, line, "line"))
-    p.advance()
-    return out
+    return partitioned.offline(lines, settings, rules)[1]
 
 
 def stats_order(r: dict):

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import orjson
 import pytest
+from hypothesis import HealthCheck, event, given, settings as hsettings, strategies as st
 
 from streams.replay import process_lines, run_offline
 from streams.rules import (AlertEvaluator, ConfigError, build_evaluator, fingerprint, load_rules,
@@ -536,3 +537,150 @@ def test_winter_surge_raises_the_expected_alerts_and_nothing_else():
     assert at_of[("c2_mean", "warning")] == second_breach(mean, 1080.0)
     assert at_of[("redirect_share", "warning")] == second_breach(share, 0.05)
     assert at_of[("redirect_share", "critical")] == second_breach(share, 0.10)
+
+
+# --------------------------------------------------------------------------------------------
+# The batch form (what the columnar replay calls) against evaluating every boundary
+# --------------------------------------------------------------------------------------------
+
+BATCH_RULES = only({
+    "waiting": {"metric": "calls_waiting", "category": "C2", "warning": 2, "critical": 4,
+                "for": "3m", "resolve_for": "4m", "scope": ["trusts", "all"]},
+    "longest": {"metric": "longest_wait", "category": "C1", "warning": "5m", "critical": "10m",
+                "for": "2m", "resolve_for": "3m", "repeat_interval": "9m"},
+    "slow": {"metric": "longest_wait", "category": "C3", "warning": "4m", "every": "5m",
+             "for": "0s", "resolve_for": "0s", "scope": ["all"]},
+    "mean": {"metric": "response_mean", "category": "C2", "warning": "10m", "critical": "20m",
+             "min_sample": 2, "for": "15m", "resolve_for": "30m"},
+    "p90": {"metric": "response_p90", "category": "C1T", "warning": "8m", "for": "0s",
+            "resolve_for": "15m", "trusts": ["LAS", "IOW"], "min_sample": 1},
+    "share": {"metric": "redirect_share", "warning": "20%", "critical": "40%", "min_sample": 3},
+    "c1": {"metric": "c1_redirected", "warning": 0, "min_sample": 4},
+    "band": {"metric": "hear_and_treat_share", "band": ["20%", "60%"], "min_sample": 2,
+             "repeat_interval": "1h"},
+    "gap": {"metric": "data_gap", "warning": "6m", "usual_gaps": 3, "scope": ["trusts", "all"]},
+})
+
+
+def random_boundaries(seed: int, m: int, n_trusts: int):
+    """A run of minute boundaries with values hovering around BATCH_RULES' levels: calls
+    waiting and longest waits (random walks with crews arriving), each trust's calls (with
+    silences), and hour and 24-hour window records every 15 minutes and every hour."""
+    from streams.rules import BoundaryBatch, ClosedWindows
+    rng = np.random.default_rng(seed)
+    trusts = ("EEAST", "IOW", "LAS")[:n_trusts]
+    start = at(0) - at(0) % 86_400_000
+    ends = start + 60_000 * np.arange(1, m + 1, dtype=np.int64)
+    waiting = np.zeros((4, n_trusts + 1, m), np.int64)
+    longest = np.zeros((4, n_trusts + 1, m), np.int64)
+    for c in range(4):
+        for t in range(n_trusts):
+            n, oldest = 0, 0
+            for x in range(m):
+                n = max(0, n + int(rng.integers(-2, 3)) if rng.random() < 0.6 else n)
+                if n and (not oldest or rng.random() < 0.15):
+                    oldest = int(ends[x] - rng.integers(0, 14 * 60_000))   # a crew arrived
+                oldest = oldest if n else 0
+                waiting[c, t, x] = n
+                longest[c, t, x] = max(0, int(ends[x]) - oldest) if n else 0
+        waiting[c, n_trusts] = waiting[c, :n_trusts].sum(axis=0)
+        longest[c, n_trusts] = longest[c, :n_trusts].max(axis=0, initial=0)
+    last = np.full((m, n_trusts), -1, np.int64)
+    for t in range(n_trusts):
+        rate, latest = rng.choice([0.9, 0.4, 0.1]), -1
+        quiet = set(range(*sorted(rng.integers(0, m, 2)))) if rng.random() < 0.7 else set()
+        for x in range(m):
+            if x not in quiet and rng.random() < rate:
+                latest = int(ends[x] - rng.integers(1, 60_000))
+            last[x, t] = latest
+    windows = {}
+    for name, every in (("1h", 15), ("24h", 60)):
+        at_ = np.array([x for x in range(m) if int(ends[x]) % (every * 60_000) == 0], np.int64)
+        k = len(at_)
+        count = rng.integers(0, 6, (k, n_trusts + 1, 5))
+        mean = np.where(count > 0, np.round(rng.uniform(300, 1500, count.shape), 3), np.nan)
+        p90 = np.where(count > 0, np.round(rng.uniform(200, 700, count.shape), 3), np.nan)
+        calls = rng.integers(0, 12, (k, n_trusts + 1))
+        ht = rng.integers(0, calls + 1)
+        red = rng.integers(0, calls + 1)
+        red_c1 = rng.integers(0, red + 1) * (rng.random(calls.shape) < 0.3)
+        totals = np.stack((calls, ht, red, red_c1), axis=-1)
+        has = (calls > 0) | (rng.random(calls.shape) < 0.2)
+        windows[name] = ClosedWindows(at_, (None,) * k, count, mean, p90, totals, has)
+    return BoundaryBatch(ends, trusts, waiting, longest, last, windows)
+
+
+def boundary_arguments(batch, x: int):
+    """What the reference processor passes `evaluate` at boundary x of a BoundaryBatch."""
+    from streams.rules import WAIT_CATEGORIES
+    from streams.windows import CATEGORY_KEYS
+    trusts = batch.trusts + ("*",)
+    records = []
+    for name, w in batch.windows.items():
+        for i in np.flatnonzero(w.at == x).tolist():
+            for t, trust in enumerate(trusts):
+                for c, cat in enumerate(CATEGORY_KEYS):
+                    if w.count[i, t, c]:
+                        records.append({"window": name, "trust": trust, "category": cat,
+                                        "count": int(w.count[i, t, c]),
+                                        "mean_s": float(w.mean_s[i, t, c]),
+                                        "p90_s": float(w.p90_s[i, t, c])})
+                if w.has_totals[i, t]:
+                    calls, ht, red, red_c1 = (int(v) for v in w.totals[i, t])
+                    records.append({"window": name, "trust": trust, "category": "ALL",
+                                    "calls": calls, "hear_and_treat": ht, "redirected": red,
+                                    "redirected_c1": red_c1})
+    pressure = {(trust, cat): (int(batch.waiting[c, t, x]), int(batch.longest_ms[c, t, x]))
+                for t, trust in enumerate(batch.trusts) for c, cat in enumerate(WAIT_CATEGORIES)
+                if batch.waiting[c, t, x]}
+    last_call = {trust: int(batch.last_call[x, t]) for t, trust in enumerate(batch.trusts)
+                 if batch.last_call[x, t] >= 0}
+    return records, (lambda: pressure), last_call
+
+
+def batch_slice(batch, a: int, b: int):
+    from streams.rules import BoundaryBatch, ClosedWindows
+    windows = {}
+    for name, w in batch.windows.items():
+        sel = (w.at >= a) & (w.at < b)
+        windows[name] = ClosedWindows(w.at[sel] - a, tuple(np.array(w.dates, object)[sel]),
+                                      w.count[sel], w.mean_s[sel], w.p90_s[sel],
+                                      w.totals[sel], w.has_totals[sel])
+    return BoundaryBatch(batch.ends[a:b], batch.trusts, batch.waiting[:, :, a:b],
+                         batch.longest_ms[:, :, a:b], batch.last_call[a:b], windows)
+
+
+@hsettings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(seed=st.integers(0, 2**32 - 1), m=st.integers(1, 400), n_trusts=st.integers(0, 3),
+       cuts=st.lists(st.integers(1, 399), max_size=4))
+def test_batch_evaluation_matches_evaluating_every_boundary(seed, m, n_trusts, cuts):
+    """`evaluate_batch` (which skips every evaluation its watches allow, across any split into
+    batches) raises exactly what the plain state machine raises when every observation of
+    every boundary goes through it (`exhaustive`), and what `evaluate` raises."""
+    batch = random_boundaries(seed, m, n_trusts)
+    rules = load_rules(BATCH_RULES, SETTINGS)
+    plain = AlertEvaluator(rules, SETTINGS, exhaustive=True)
+    hook = AlertEvaluator(rules, SETTINGS)
+    expected, by_hook = [], []
+    for x in range(m):
+        end = int(batch.ends[x])
+        plain.evaluate(end, *boundary_arguments(batch, x), expected.append)
+        hook.evaluate(end, *boundary_arguments(batch, x), by_hook.append)
+    fast = AlertEvaluator(rules, SETTINGS)
+    got = []
+    bounds = [0] + sorted({c for c in cuts if c < m}) + [m]
+    for a, b in zip(bounds, bounds[1:]):
+        fast.evaluate_batch(batch_slice(batch, a, b), got.append)
+    assert by_hook == expected
+    assert got == expected
+    event(f"alerts: {min(len(expected) // 10 * 10, 50)}+")
+    assert fast.states.keys() == plain.states.keys()
+
+
+def test_alert_times_are_written_as_format_ts_writes_them():
+    from streams.rules import _ts_text
+    from streams.timefmt import MAX_TS_MS, MIN_TS_MS
+    rng = np.random.default_rng(5)
+    times = rng.integers(MIN_TS_MS, MAX_TS_MS, 20_000).tolist()
+    times += [t - t % 60_000 for t in times[:5_000]] + [MIN_TS_MS, MAX_TS_MS - 1, 0, 999]
+    assert [_ts_text(t) for t in times] == [format_ts(t) for t in times]

@@ -4,11 +4,14 @@
 (lines it is not sure about go through `streams.events.decode`), puts the events in the
 reference's processing order, runs the reorder buffer, watermark and episode join as one
 Numba pass (`streams.fast.join`), then closes the windows the reference would have closed,
-writes the same records as JSON text (`streams.fast.windows`; dicts where the rules or the
-outputs need them), calls the rules hook at the same boundaries with the same arguments, and
-writes the same dead letters in the same order. Every output is byte-identical to
-`Processor` on the same input (tests/test_columnar.py compares them on generated and
-hand-made logs); the reference `Processor` stays the live worker's engine and the oracle.
+writes the same records as JSON text (`streams.fast.windows`; dicts where the outputs need
+them), evaluates the alert rules at the same boundaries on the same figures, and writes the
+same dead letters in the same order. The shipped `AlertEvaluator` gets each segment of
+boundaries as columns (`streams.fast.alerts`: calls waiting, latest calls, the figures of
+the windows it reads) and runs its state machine only where an alert can change; any other
+rules hook is called boundary by boundary with the reference's arguments. Every output is
+byte-identical to `Processor` on the same input (tests/test_columnar.py compares them on
+generated and hand-made logs); the reference `Processor` stays the oracle.
 
 Memory is the event columns (21 bytes a record) plus the join's outcomes: a 10^7-event log
 peaks below 800 MB (benchmarks/replay_bench.py)."""
@@ -29,9 +32,11 @@ from streams.errors import CallstreamError
 from streams.events import Category, DeadLetter, Disposition, Event, EventType, decode
 from streams.fast import join as J
 from streams.fast import scan as S
+from streams.fast.alerts import WaitingSweep, last_calls, window_figures
 from streams.fast.windows import (prepare_responses, prepare_totals, pressure_sweep,
                                   record_buffers, window_aggregates, window_records)
 from streams.processor import CategoryTotals, CollectingOutputs
+from streams.rules import BoundaryBatch, ClosedWindows
 from streams.settings import HOUR_MS, ProcessingSettings
 from streams.sketch import _mapping
 from streams.timefmt import format_ts, local_date, local_day_start, local_month_start
@@ -595,10 +600,7 @@ class _Emitter:
         kinds = T[:, 1] & 3
         self.totals = [int(np.count_nonzero(kinds == k)) for k in range(3)]
         if self.rules is not None:
-            calls = np.flatnonzero(kinds == 0)
-            self.changes = _last_call_changes(T[calls, 1] >> 32,
-                                              (T[calls, 1] >> 2) & (_MAX_ID - 1), T[calls, 0])
-            del calls
+            self.changes = _last_call_changes(T, _MAX_ID - 1)
         del kinds
         self.tb, self.tko, self.tlb, self.tla, self.tlko = prepare_totals(
             T, self.ends, self.bucket, nk * 4)
@@ -743,12 +745,18 @@ class _Emitter:
     # -- output ---------------------------------------------------------------------------------
     def emit(self, letters: list[DeadLetter], letter_tags: np.ndarray) -> None:
         """Write stats, dead letters and alerts in the reference's order, boundary by
-        boundary, calling the rules where the reference calls them."""
+        boundary, calling the rules where the reference calls them. Rules that take the
+        batch form (`AlertEvaluator.evaluate_batch`) get each segment's boundaries at once
+        as columns (`_RuleColumns`); any other hook is called boundary by boundary."""
         outputs = self.outputs
         rules = self.rules
         ends = self.ends
         nb = len(ends)
         n_rule = int(self.state[J.S_NEND]) if rules is not None else 0
+        columns = _RuleColumns(self, rules, n_rule) \
+            if rules is not None and hasattr(rules, "evaluate_batch") else None
+        if columns is not None:
+            rules, n_rule = None, 0        # no per-boundary calls
         tags = letter_tags.tolist()
         dl = 0
         nl = len(letters)
@@ -779,7 +787,8 @@ class _Emitter:
             prows = pressure_sweep(IV, to_order, self.KC, ends, need, j0, j1, sweep_state,
                                    active, pos, created, n_keys)
             pj = prows[:, 0]
-            texts = self._texts(closes, prows, pj)
+            capture = columns.capture(closes) if columns is not None else None
+            texts = self._texts(closes, prows, pj, capture)
             ci = 0
             ncl = len(closes)
             js = np.flatnonzero(need[j0:j1]) + j0
@@ -818,6 +827,8 @@ class _Emitter:
                     rules.evaluate(end_ms[x], records if records is not None else [],
                                    _Pressure(prows, lo[x], hi[x], key_objs), last_call,
                                    self._emit_alert)
+            if columns is not None:
+                columns.evaluate(j0, j1, closes, capture)
         while dl < nl:
             dead_letter(letters[dl])
             dl += 1
@@ -826,10 +837,13 @@ class _Emitter:
         self.alert_records += 1
         self.outputs.alert(record)
 
-    def _texts(self, closes: list, prows: np.ndarray, pj: np.ndarray) -> list:
-        """(JSON Lines bytes, record count) of each close."""
+    def _texts(self, closes: list, prows: np.ndarray, pj: np.ndarray, capture=None) -> list:
+        """(JSON Lines bytes, record count) of each close; with a `_Capture`, the closes it
+        keeps also leave their aggregates there."""
         if not closes:
             return []
+        if capture is None:
+            capture = _Capture.none(len(closes), self.n_trusts)
         comp_off = np.zeros(len(closes) + 1, np.int64)
         flat = []
         heads = []
@@ -853,7 +867,8 @@ class _Emitter:
         bufs = record_buffers(len(closes), per_close * len(closes), self.n_trusts, self.npos)
         used = window_records(
             comp_off, comps, head, head_off, prow_off, prow_sel.reshape(-1, 4), self.n_trusts,
-            self.trust_order, self.tname, self.tname_off, *self._outcome_arrays(), *bufs)
+            self.trust_order, self.tname, self.tname_off, *self._outcome_arrays(), *bufs,
+            capture.keep, capture.agg, capture.quant, capture.tot)
         offs = bufs[1].tolist()
         nrec = bufs[2].tolist()
         bad = bufs[3]
@@ -965,6 +980,94 @@ class _Emitter:
         }
 
 
+class _Capture:
+    """Which closes of a segment leave their aggregates for the rules (keep[close] = slot or
+    -1), and the slots: responses [slot, trust, category, 6], centiles [.., 3], totals
+    [slot, trust, 6], as `streams.fast.windows._aggregate_close` lays them out."""
+
+    def __init__(self, keep: np.ndarray, n_trusts: int) -> None:
+        n = int((keep >= 0).sum())
+        self.keep = keep
+        self.agg = np.zeros((n, n_trusts + 1, 5, 6), np.int64)
+        self.quant = np.zeros((n, n_trusts + 1, 5, 3), np.float64)
+        self.tot = np.zeros((n, n_trusts + 1, 6), np.int64)
+
+    @classmethod
+    def none(cls, n_closes: int, n_trusts: int) -> "_Capture":
+        return cls(np.full(n_closes, -1, np.int64), n_trusts)
+
+
+class _RuleColumns:
+    """The rules part of the columnar replay: per segment of boundaries, what the rules read
+    (calls waiting and longest waits, each trust's latest call, the figures of the windows
+    they read) as a `streams.rules.BoundaryBatch` for `AlertEvaluator.evaluate_batch`."""
+
+    def __init__(self, emitter: "_Emitter", rules, n_rule: int) -> None:
+        self.emitter = emitter
+        self.rules = rules
+        self.n_rule = n_rule
+        self.windows = rules.windows_read
+        nt = emitter.n_trusts
+        self.sweep = WaitingSweep(emitter.IV, nt * 4)
+        self.changes = np.ascontiguousarray(emitter.changes)
+        self.latest = np.full(nt, -1, np.int64)
+        self.trusts = tuple(emitter.trust_names)
+
+    def capture(self, closes: list) -> _Capture:
+        keep = np.full(len(closes), -1, np.int64)
+        slot = 0
+        for i, c in enumerate(closes):
+            if c[0] < self.n_rule and c[1] in self.windows:
+                keep[i] = slot
+                slot += 1
+        return _Capture(keep, self.emitter.n_trusts)
+
+    def evaluate(self, j0: int, j1: int, closes: list, capture: _Capture) -> None:
+        """Rules at boundaries j0..j1-1 (those before the drain, where the reference calls
+        them)."""
+        j1 = min(j1, self.n_rule)
+        if j0 >= j1:
+            return
+        em = self.emitter
+        nt = em.n_trusts
+        waiting, longest = self.sweep.run(em.ends, j0, j1)
+        last = np.empty((j1 - j0, nt), np.int64)
+        last_calls(self.changes, j0, j1, self.latest, last)
+        self.rules.evaluate_batch(BoundaryBatch(
+            em.ends[j0:j1], self.trusts, waiting, longest, last,
+            self._closed_windows(j0, closes, capture, waiting)), em._emit_alert)
+
+    def _closed_windows(self, j0: int, closes: list, capture: _Capture,
+                        waiting: np.ndarray) -> dict[str, ClosedWindows]:
+        nt = self.emitter.n_trusts
+        slots = [(c, int(s)) for c, s in zip(closes, capture.keep.tolist()) if s >= 0]
+        if not slots:
+            return {}
+        agg, tot = capture.agg, capture.tot
+        mean_s = np.empty(agg.shape[:3])
+        p90_s = np.empty(agg.shape[:3])
+        if window_figures(agg, capture.quant, mean_s, p90_s):
+            for s, t, c in zip(*np.nonzero(mean_s == -np.inf)):
+                n, total = int(agg[s, t, c, 0]), int(agg[s, t, c, 1])
+                mean_s[s, t, c] = round(total / n / 1000.0, 3)
+                p90_s[s, t, c] = round(float(capture.quant[s, t, c, 1]), 3)
+        has = (tot[:, :, 5] != 0) | (tot[:, :, 4] > 0)
+        at_all = np.array([c[0] - j0 for c, _ in slots], np.int64)
+        # the all-trusts totals record exists once any trust has a record (waiting counts)
+        has[:, nt] = agg[:, :nt, :, 0].any(axis=(1, 2)) | (tot[:, :nt, 5] != 0).any(axis=1) \
+            | (waiting[:, nt, at_all] > 0).any(axis=0)
+        out = {}
+        for name in self.windows:
+            sel = [s for c, s in slots if c[1] == name]
+            if not sel:
+                continue
+            sel_a = np.array(sel, np.int64)
+            out[name] = ClosedWindows(
+                at_all[sel_a], tuple(slots[s][0][4] for s in sel), agg[sel_a, :, :, 0],
+                mean_s[sel_a], p90_s[sel_a], tot[sel_a, :, :4], has[sel_a])
+        return out
+
+
 _fmt_cache: dict[int, str] = {}
 
 
@@ -1056,39 +1159,50 @@ def _tie_runs(order, key):
 
 
 @njit(cache=True, nogil=True)
-def _last_call_changes(tag, trust, ts):
+def _last_call_changes(T, trust_mask):
     """(boundary, trust, latest call time) whenever a trust's latest call moves forward,
-    collapsed to the last change per trust before each boundary, in first-seen order."""
-    n = tag.shape[0]
+    collapsed to the last change per trust before each boundary, in first-seen order; from
+    the join's call totals log T (time, boundary << 32 | trust << 2 | kind; kind 0 = call)."""
+    n = T.shape[0]
     nt = 0
     for i in range(n):
-        if trust[i] + 1 > nt:
-            nt = trust[i] + 1
-    best = np.full(max(nt, 1), -1, np.int64)
-    out = np.zeros((n, 3), np.int64)
-    k = 0
-    i = 0
-    while i < n:
-        t0 = tag[i]
-        j = i
-        # within one boundary step: keep each trust's last value, in first-update order
-        first = k
-        while j < n and tag[j] == t0:
-            tr = trust[j]
-            if ts[j] > best[tr]:
-                best[tr] = ts[j]
-                found = -1
-                for x in range(first, k):
-                    if out[x, 1] == tr:
-                        found = x
-                        break
-                if found >= 0:
-                    out[found, 2] = ts[j]
-                else:
-                    out[k, 0] = t0
-                    out[k, 1] = tr
-                    out[k, 2] = ts[j]
-                    k += 1
-            j += 1
-        i = j
-    return out[:k]
+        tr = (T[i, 1] >> 2) & trust_mask
+        if T[i, 1] & 3 == 0 and tr + 1 > nt:
+            nt = tr + 1
+    out = np.zeros((0, 3), np.int64)
+    touched = np.zeros(max(nt, 1), np.int64)   # trusts changed in the current step
+    for fill in range(2):            # count, then write into an array of the right size
+        best = np.full(max(nt, 1), -1, np.int64)
+        slot = np.full(max(nt, 1), -1, np.int64)   # the trust's change in the current step
+        k = 0
+        first = 0                 # first change of the current boundary step
+        step = np.int64(-1)
+        for i in range(n):
+            if T[i, 1] & 3 != 0:
+                continue
+            t0 = T[i, 1] >> 32
+            if t0 != step:
+                step = t0
+                for x in range(k - first):
+                    slot[touched[x]] = -1
+                first = k
+            tr = (T[i, 1] >> 2) & trust_mask
+            ts = T[i, 0]
+            if ts <= best[tr]:
+                continue
+            best[tr] = ts
+            # within one boundary step: keep each trust's last value, in first-update order
+            if slot[tr] >= 0:
+                if fill:
+                    out[slot[tr], 2] = ts
+                continue
+            slot[tr] = k
+            touched[k - first] = tr
+            if fill:
+                out[k, 0] = t0
+                out[k, 1] = tr
+                out[k, 2] = ts
+            k += 1
+        if not fill:
+            out = np.empty((k, 3), np.int64)
+    return out

@@ -431,11 +431,13 @@ def window_records(comp_off, comps, head, head_off, prow_off, prows, n_trusts, t
                    tname, tname_off, ob, oms, op, ko, lb, lms, lp, la, lko,
                    tb, tko, tlb, tla, tlko, qs, reps, pbase, npos,
                    out, offs, nrec, bad, h1, b1, h2, b2, agg, quant, tot, wn, wl, hw, present,
-                   scratch):
+                   scratch, keep, kagg, kquant, ktot):
     """JSON Lines of every window record of a batch of closes, as WindowStore._records and
     orjson would write them, into `out` (sized by the caller: `record_buffers`). Fills the
     per-close byte offsets `offs`, record counts `nrec` and fallback flags `bad` (a close
-    flagged 1 has no text here and goes through the dict path); returns the bytes used."""
+    flagged 1 has no text here and goes through the dict path); returns the bytes used.
+    A close with keep[ci] = s >= 0 also leaves its aggregates in kagg/kquant/ktot[s] (the
+    alert rules read those figures instead of parsing the text back)."""
     nc = comp_off.shape[0] - 1
     st = n_trusts
     pos = 0
@@ -443,6 +445,16 @@ def window_records(comp_off, comps, head, head_off, prow_off, prows, n_trusts, t
         _aggregate_close(comp_off[ci], comp_off[ci + 1], comps, n_trusts, ob, oms, op, ko,
                          lb, lms, lp, la, lko, tb, tko, tlb, tla, tlko, qs, reps, pbase, npos,
                          h1, b1, h2, b2, agg, quant, tot)
+        s = keep[ci]
+        if s >= 0:
+            for t in range(n_trusts + 1):
+                for cat in range(5):
+                    for q in range(6):
+                        kagg[s, t, cat, q] = agg[t, cat, q]
+                    for q in range(3):
+                        kquant[s, t, cat, q] = quant[t, cat, q]
+                for q in range(6):
+                    ktot[s, t, q] = tot[t, q]
         wn[:] = 0
         wl[:] = 0
         hw[:] = False
