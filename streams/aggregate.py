@@ -276,8 +276,9 @@ class PartitionMerge:
         return low
 
     # -- closing -------------------------------------------------------------------------
-    def advance(self) -> int:
-        """Close every bucket all partitions have released; returns how many closed."""
+    def advance(self, limit: int | None = None) -> int:
+        """Close every bucket all partitions have released (at most `limit`); returns how
+        many closed."""
         target = self.closable_through
         if target is None:
             return 0
@@ -290,7 +291,7 @@ class PartitionMerge:
         totals = self.totals
         parts = self.parts
         closed = 0
-        while self.frontier + bucket <= target:
+        while self.frontier + bucket <= target and (limit is None or closed < limit):
             start = self.frontier
             end = start + bucket
             active = False

@@ -14,7 +14,13 @@ Level 2 (`MergeStage`): whichever worker owns `callstream.partials` runs the
 `streams.aggregate.PartitionMerge`, closes every bucket all partitions have released, runs the
 rules and publishes `calls.stats`, `calls.alerts` and `calls.deadletter`. The aggregation needs
 every trust at once (all-trust windows, the data-gap rule, inhibition) and its input is
-per-bucket outcomes, orders of magnitude fewer than events, hence one partition.
+per-bucket outcomes, orders of magnitude fewer than events, hence one partition. Each worker
+runs its merge stage in a child process (`MergeProcess`), so closing windows and running the
+rules take a second core instead of turns with the joins on one event loop.
+
+Flow control: fetched records are buffered per topic partition and fed no more than
+`ALIGN_MS` ahead of the slowest one still reading (`JoinStage._take_aligned`), so a backlog
+is read in step across partitions and the merge can close windows as it goes.
 
 No loss, no double count, without Kafka transactions:
 - a join's state is snapshotted (pickle, on the compacted `callstream.checkpoints` topic) with
@@ -37,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+import gc
 import logging
 import pickle
 import time
@@ -59,10 +66,21 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 FETCH_RECORDS = 50_000
 #: Per input partition and fetch: a few thousand events, so partitions advance together.
 JOIN_FETCH_BYTES = 512 * 1024
-#: A topic partition more than this much event time ahead of the slowest one still reading
-#: is paused: the merge can only close what every partition has released, so running ahead
-#: only piles up outcomes in memory (and in snapshots) and delays every window.
+#: Records are fed no more than this much record (event) time ahead of the point every topic
+#: partition still reading has records up to: the merge can only close what every partition
+#: has released, so running ahead only piles up outcomes in memory (and in snapshots) and
+#: delays every window.
 ALIGN_MS = 10 * 60_000
+#: Nor more than this ahead of what the merge has closed (+ the allowed lateness).
+AHEAD_OF_MERGE_MS = 6 * 3_600_000
+#: Buckets the merge closes per step before it lets its event loop run (heartbeats).
+CLOSE_BATCH = 240
+#: Fetched records held back per topic partition (for alignment) before it is paused; it
+#: is resumed at half. Pausing is what costs: aiokafka holds the next fetch from a broker for
+#: 100 ms while records of a paused partition (an in-flight response) sit unconsumed.
+HOLD_RECORDS = 10_000
+#: Collector thresholds while the stages run (CPython's default is 700, 10, 10).
+GC_THRESHOLDS = (100_000, 50, 100)
 
 
 class InternalTopics(NamedTuple):
@@ -213,11 +231,25 @@ class _Partition:
     last_snapshot: float = 0.0
     #: (wall time first seen, watermark) that only idleness allows, oldest first
     candidates: deque = field(default_factory=deque)
+    #: fetched records not fed yet (held back to keep partitions aligned), per source
+    pending: list[list] = field(default_factory=lambda: [[], [], []])
+    #: record timestamp of the last record fed, per source
+    last_stamp: list = field(default_factory=lambda: [None, None, None])
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["candidates"] = deque()          # wall-clock bookkeeping: not carried over
+        state["pending"] = [[], [], []]        # not fed: fetched again from the offsets
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.__dict__.setdefault("pending", [[], [], []])     # snapshots from before these
+        self.__dict__.setdefault("last_stamp", [None, None, None])
+
+
+def _stamp(t: int | None) -> int:
+    return -1 if t is None else t
 
 
 def feed_chunk(pj: PartitionJoin, chunk: list[list], max_bytes: int) -> None:
@@ -244,6 +276,7 @@ class JoinStage:
         self.parts: dict[int, _Partition] = {}
         self.consumer = None
         self.sources = list(opts.topics.inputs)
+        self.source_index = {t: s for s, t in enumerate(self.sources)}
         self.max_bytes = opts.settings.max_record_bytes
         self._lock = asyncio.Lock()
         self._last_commit = 0.0
@@ -293,7 +326,8 @@ class JoinStage:
             fresh = [p for p in partitions if p not in self.parts]
             if not fresh:
                 return
-            checkpoints = await load_checkpoints(self.opts.bootstrap, self.opts.internal.checkpoints)
+            checkpoints = await load_checkpoints(self.opts.bootstrap,
+                                                 self.opts.internal.checkpoints)
             saved = {p: _unpack(checkpoints[b"join/%d" % p]) if b"join/%d" % p in checkpoints
                      else _Partition(PartitionJoin(p, self.opts.settings)) for p in fresh}
             since = min(part.partials_offset for part in saved.values()) + 1
@@ -353,30 +387,82 @@ class JoinStage:
         await self.producer.send_and_wait(self.opts.internal.checkpoints, _pack(part),
                                           key=b"join/%d" % p)
 
-    def _align(self) -> None:
-        """Pause the topic partitions that run ahead in event time of the slowest one that
-        still has records to read; resume them once it has caught up."""
+    def _take_aligned(self, data: dict) -> dict[int, list[list]]:
+        """Buffer what was fetched; return, per partition, the records to feed now: those
+        no more than `ALIGN_MS` of record time (event time, as producers stamp it; only
+        flow control depends on it, never a result) ahead of the point every topic partition
+        still reading has records up to. A topic partition holding `HOLD_RECORDS` is paused
+        until it is down to half; its records are already out of the consumer's buffer, so
+        the pause never holds back fetching for the others (aiokafka does not fetch from a
+        broker while unconsumed records of any of its partitions remain)."""
         from aiokafka import TopicPartition
-        rows = []
+        index = self.source_index
+        for tp, msgs in data.items():
+            part = self.parts.get(tp.partition)
+            if part is None or not msgs:
+                continue
+            s = index[tp.topic]
+            queue = part.pending[s]
+            expected = queue[-1].offset + 1 if queue else part.offsets[s]
+            if msgs[0].offset < expected:
+                # fetched before a rebalance handed this partition back: already read
+                msgs = [m for m in msgs if m.offset >= expected]
+            queue.extend(msgs)
+        low = None
         for p, part in self.parts.items():
             for s, topic in enumerate(self.sources):
-                tp = TopicPartition(topic, p)
-                high = self.consumer.highwater(tp)
-                reading = high is None or part.offsets[s] < high
-                rows.append((tp, part.join.source_max[s], reading))
-        behind = [m if m is not None else -1 for _, m, reading in rows if reading]
-        if not behind:
-            pause, resume = [], [tp for tp, _, _ in rows]
-        else:
-            low = min(behind)
-            pause = [tp for tp, m, _ in rows if m is not None and m > low + ALIGN_MS]
-            resume = [tp for tp, m, _ in rows if m is None or m <= low + ALIGN_MS]
+                queue = part.pending[s]
+                if queue:
+                    t = queue[-1].timestamp
+                else:
+                    high = self.consumer.highwater(TopicPartition(topic, p))
+                    if high is not None and part.offsets[s] >= high:
+                        continue                        # caught up: holds nothing back
+                    t = _stamp(part.last_stamp[s])
+                if low is None or t < low:
+                    low = t
+        bound = None if low is None else low + ALIGN_MS
+        closed = self.state.merge_closed
+        if bound is not None and closed is not None:
+            # partitions joined on other workers are not in `low`: the merge's progress
+            # keeps this worker from running away from them (and the joins from the merge)
+            bound = min(bound, closed + self.opts.settings.allowed_lateness_ms
+                        + AHEAD_OF_MERGE_MS)
+        # whatever the bounds, the slowest topic partition with records waiting takes its
+        # next one: a sparse topic's next record can lie hours ahead, and holding it back
+        # would hold back the watermark, the merge and so the bounds themselves
+        slowest = min((_stamp(part.last_stamp[s]) for part in self.parts.values()
+                       for s in range(3) if part.pending[s]), default=None)
+        chunks: dict[int, list[list]] = {}
+        pause, resume = [], []
+        for p, part in self.parts.items():
+            chunk: list[list] = [[], [], []]
+            for s, topic in enumerate(self.sources):
+                queue = part.pending[s]
+                limit = bound
+                if queue and _stamp(part.last_stamp[s]) == slowest:
+                    limit = max(limit, queue[0].timestamp + ALIGN_MS)
+                k = 0
+                while k < len(queue) and queue[k].timestamp <= limit:
+                    k += 1
+                if k:
+                    chunk[s] = queue[:k]
+                    del queue[:k]
+                    part.last_stamp[s] = chunk[s][-1].timestamp
+                if len(queue) >= HOLD_RECORDS:
+                    pause.append(TopicPartition(topic, p))
+                elif len(queue) <= HOLD_RECORDS // 2:
+                    resume.append(TopicPartition(topic, p))
+            if chunk[0] or chunk[1] or chunk[2]:
+                chunks[p] = chunk
         paused = self.consumer.paused()
-        if pause:
-            self.consumer.pause(*[tp for tp in pause if tp not in paused])
+        ahead = [tp for tp in pause if tp not in paused]
+        if ahead:
+            self.consumer.pause(*ahead)
         back = [tp for tp in resume if tp in paused]
         if back:
             self.consumer.resume(*back)
+        return chunks
 
     # -- the loop --------------------------------------------------------------------------
     def _watermark(self, part: _Partition, now: float) -> int | None:
@@ -419,24 +505,13 @@ class JoinStage:
     async def run_once(self) -> int:
         """One fetch: feed, release, report. Returns the number of input records."""
         from aiokafka import TopicPartition
-        data = await self.consumer.getmany(timeout_ms=100, max_records=FETCH_RECORDS)
-        n = 0
+        # records held back wait for the merge's progress, not for more input: look again soon
+        held = any(q for part in self.parts.values() for q in part.pending)
+        data = await self.consumer.getmany(timeout_ms=10 if held else 100)
         async with self._lock:
             now = time.monotonic()
-            chunks: dict[int, list[list]] = {}
-            index = {t: s for s, t in enumerate(self.sources)}
-            for tp, msgs in data.items():
-                part = self.parts.get(tp.partition)
-                if part is None or not msgs:
-                    continue
-                s = index[tp.topic]
-                if msgs[0].offset < part.offsets[s]:
-                    # fetched before a rebalance handed this partition back: already read
-                    msgs = [m for m in msgs if m.offset >= part.offsets[s]]
-                    if not msgs:
-                        continue
-                chunks.setdefault(tp.partition, [[], [], []])[s] = msgs
-                n += len(msgs)
+            chunks = self._take_aligned(data)
+            n = sum(len(msgs) for chunk in chunks.values() for msgs in chunk)
             sends = []
             for p, part in self.parts.items():
                 chunk = chunks.get(p)
@@ -463,7 +538,6 @@ class JoinStage:
             for p, part in self.parts.items():
                 if now - part.last_snapshot >= self.opts.checkpoint_every_s:
                     await self.snapshot(p)
-            self._align()
             if now - self._last_commit >= 0.5 and self.parts:
                 # committed offsets are for people (consumer lag on the dashboard and in
                 # kafka-consumer-groups); recovery seeks to the snapshot's own offsets
@@ -500,6 +574,8 @@ class MergeStage:
         self.out_partitions: dict[str, int] = {}
         self.last_snapshot = 0.0
         self._lock = asyncio.Lock()
+        self._more = False               # closable buckets left after the last step
+        self._told: tuple = (None, None)     # last (global watermark, closed) on progress
 
     async def start(self) -> None:
         from aiokafka import ConsumerRebalanceListener
@@ -599,10 +675,12 @@ class MergeStage:
         self.last_snapshot = time.monotonic()
 
     async def run_once(self) -> int:
-        data = await self.consumer.getmany(timeout_ms=100, max_records=5_000)
+        data = await self.consumer.getmany(timeout_ms=0 if self._more else 100,
+                                           max_records=5_000)
         async with self._lock:
             cp = self.cp
             if cp is None:
+                self._more = False
                 return 0
             n = 0
             for msgs in data.values():
@@ -610,42 +688,63 @@ class MergeStage:
                     cp.merge.take(pickle.loads(m.value))
                     cp.next_offset = m.offset + 1
                     n += 1
-            if n:
-                cp.merge.advance()
+            if n or self._more:
+                # a bounded run of closes per step: a backlog closed in one go kept the loop
+                # from heartbeating past the session timeout, and the group gave the
+                # partials to another merge while this one was still publishing
+                self._more = cp.merge.advance(limit=CLOSE_BATCH) >= CLOSE_BATCH
                 await self._publish()
                 g = cp.merge.global_watermark
-                if g is not None and g != self.state.global_watermark:
-                    self.state.global_watermark = g
-                    await self.producer.send(self.opts.internal.progress,
-                                             orjson.dumps({"watermark": g}), partition=0)
+                closed = cp.merge.frontier
+                if (g, closed) != self._told:
+                    self._told = (g, closed)
+                    self.state.advance_global(g)
+                    self.state.merge_closed = closed
+                    await self.producer.send(
+                        self.opts.internal.progress,
+                        orjson.dumps({"watermark": g, "closed_through": closed}), partition=0)
             if time.monotonic() - self.last_snapshot >= self.opts.checkpoint_every_s:
                 await self.snapshot()
             return n
 
     async def _publish(self) -> None:
+        """Dead letters, stats, alerts: numbered in that order, sent in batches per output
+        partition (one `send` per record cost more than the window close itself)."""
         out = self.outputs
         topics = self.opts.topics
         cp = self.cp
-        futures = []
+        groups: dict[tuple[str, int], list] = {}
 
-        async def send(topic: str, key: bytes | None, value: bytes) -> None:
+        def add(topic: str, key: bytes | None, value: bytes) -> None:
             cp.out_seq += 1
             part = _partition_for(key, self.out_partitions.get(topic, 1))
             if cp.out_seq <= self.published.get((topic, part), 0):
                 return                                   # out before the restart
-            futures.append(await self.producer.send(
-                topic, value, key=key, partition=part,
-                headers=[(SEQ_HEADER, b"%d" % cp.out_seq)]))
+            groups.setdefault((topic, part), []).append(
+                (key, value, [(SEQ_HEADER, b"%d" % cp.out_seq)]))
 
         for letter in out.dead_letters:
-            await send(topics.deadletter, letter.key, letter.to_json())
+            add(topics.deadletter, letter.key, letter.to_json())
         for rec in out.stats_records:
-            await send(topics.stats, stats_key(rec), orjson.dumps(rec))
+            add(topics.stats, stats_key(rec), orjson.dumps(rec))
         for rec in out.alert_records:
-            await send(topics.alerts, str(rec.get("fingerprint", "")).encode(),
-                       orjson.dumps(rec))
+            add(topics.alerts, str(rec.get("fingerprint", "")).encode(), orjson.dumps(rec))
             if self.opts.on_alert is not None:
                 self.opts.on_alert(rec)
+        futures = []
+        producer = self.producer
+        for (topic, part), items in groups.items():
+            batch = producer.create_batch()
+            for key, value, headers in items:
+                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                    futures.append(await producer.send_batch(batch, topic, partition=part))
+                    batch = producer.create_batch()
+                    if batch.append(key=key, value=value, timestamp=None,
+                                    headers=headers) is None:
+                        raise ValueError(f"an output record of {len(value)} bytes does not "
+                                         f"fit in a batch for {topic}")
+            if batch.record_count():
+                futures.append(await producer.send_batch(batch, topic, partition=part))
         self.state.dead_letters += len(out.dead_letters)
         self.state.stats += len(out.stats_records)
         self.state.alerts += len(out.alert_records)
@@ -661,6 +760,18 @@ def stats_key(record: dict) -> bytes:
 
 
 # -- the worker's live state -----------------------------------------------------------------
+class MergeFacts(NamedTuple):
+    """What the merge process tells the worker, a few times a second."""
+
+    active: bool                     # it holds callstream.partials (the merge runs here)
+    closed_through: int | None
+    summary: dict | None
+    stats: int                       # records published by this worker's merge
+    alerts: int
+    dead_letters: int
+    global_watermark: int | None
+
+
 class LiveState:
     """What /health and the dashboard read; the global watermark hint for idle partitions."""
 
@@ -670,18 +781,206 @@ class LiveState:
         self.alerts = 0
         self.dead_letters = 0
         self.global_watermark: int | None = None
-        self.merge: PartitionMerge | None = None
+        self.merge: PartitionMerge | None = None     # in the merge's own process
+        self.merge_facts: MergeFacts | None = None   # in the worker, from that process
+        #: where the merge (on any worker) has closed buckets through, from its progress
+        self.merge_closed: int | None = None
         self.partitions: list[int] = []          # input partitions joined here
 
-    def health(self) -> dict:
+    def facts(self) -> MergeFacts:
         m = self.merge
+        return MergeFacts(m is not None, m.frontier if m is not None else None,
+                          m.summary() if m is not None else None, self.stats, self.alerts,
+                          self.dead_letters, self.global_watermark)
+
+    def learn(self, facts: MergeFacts) -> None:
+        self.merge_facts = facts
+        self.stats, self.alerts, self.dead_letters = facts.stats, facts.alerts, facts.dead_letters
+        self.advance_global(facts.global_watermark)
+        if facts.active and facts.closed_through is not None:
+            self.merge_closed = facts.closed_through
+
+    def advance_global(self, g: int | None) -> None:
+        if g is not None and (self.global_watermark is None or g > self.global_watermark):
+            self.global_watermark = g
+
+    @property
+    def closed_through(self) -> int | None:
+        f = self.merge_facts
+        return f.closed_through if f is not None and f.active else None
+
+    def health(self) -> dict:
+        f = self.merge_facts
+        active = f is not None and f.active
         out = {"events": self.events, "stats": self.stats, "alerts": self.alerts,
                "dead_letters": self.dead_letters, "partitions": self.partitions,
-               "global_watermark": self.global_watermark, "merge": m is not None}
-        if m is not None:
-            out["closed_through"] = m.frontier
-            out["summary"] = m.summary()
+               "global_watermark": self.global_watermark, "merge": active}
+        if active:
+            out["closed_through"] = f.closed_through
+            out["summary"] = f.summary
         return out
+
+
+def _collect_rarely() -> None:
+    """The joins and the merge hold hundreds of thousands of long-lived objects (buffered
+    events, open episodes, window panes) and their hot paths make no reference cycles, yet at
+    the default thresholds the collector rescanned them all every few thousand allocations:
+    a third of the worker's CPU time. What exists at startup is frozen out of the scans;
+    young cycles (asyncio's, aiokafka's) are still collected."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
+# -- the merge's process ---------------------------------------------------------------------
+_STOP = "stop"
+FACTS_EVERY_S = 0.2
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this process when the worker dies, even by SIGKILL, so a
+    killed worker leaves no merge behind that still holds the partials partition."""
+    try:
+        import ctypes
+        import signal
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass                             # elsewhere the closed pipe still stops it
+
+
+def merge_process_main(opts: LiveOptions, rules, conn, loglevel: int) -> None:
+    """Entry point of the merge's process (spawned by `MergeProcess`). Signals are the
+    worker's to handle: it tells this process to stop (snapshot, leave the group) or dies."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with_parent()
+    logging.basicConfig(level=loglevel, format="[%(asctime)s] [%(process)d] [%(levelname)s] "
+                                               "%(message)s")
+    logging.getLogger("aiokafka").setLevel(max(loglevel, logging.WARNING))
+    _collect_rarely()
+    try:
+        asyncio.run(_run_merge(opts, rules, conn))
+    except KeyboardInterrupt:
+        pass
+    except Exception:
+        log.exception("merge process failed")
+        raise SystemExit(1)
+
+
+async def _run_merge(opts: LiveOptions, rules, conn) -> None:
+    import copy
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_message() -> None:
+        try:
+            conn.recv()                  # the worker says stop
+        except (EOFError, OSError):
+            pass                         # the worker is gone
+        loop.remove_reader(conn.fileno())
+        stop.set()
+
+    alerts: list[dict] = []
+    opts = LiveOptions(**{**opts.__dict__, "rules_factory": lambda: copy.deepcopy(rules),
+                          "on_alert": alerts.append})
+    loop.add_reader(conn.fileno(), on_message)
+    state = LiveState()
+    producer = _producer(opts.bootstrap)
+    await producer.start()
+    stage = MergeStage(opts, producer, state)
+    told = None
+    last = 0.0
+    try:
+        await stage.start()
+        while not stop.is_set():
+            await stage.run_once()
+            now = time.monotonic()
+            if alerts or now - last >= FACTS_EVERY_S:
+                facts = state.facts()
+                if alerts or facts != told:
+                    conn.send((facts, alerts[:]))
+                    alerts.clear()
+                    told = facts
+                last = now
+    finally:
+        await stage.stop()
+        await producer.stop()
+        try:
+            conn.send((state.facts(), alerts[:]))
+        except OSError:
+            pass
+
+
+class MergeProcess:
+    """The worker's side of the merge: a child process, so the merge (window closes, rules,
+    publishing) runs on another core beside the joins instead of taking turns with them on
+    one event loop. The child is the same `MergeStage`; it reports its facts and alerts back
+    over a pipe for /health, the dashboard and the alert webhooks."""
+
+    def __init__(self, opts: LiveOptions, state: LiveState, loglevel: int) -> None:
+        self.opts = opts
+        self.state = state
+        self.loglevel = loglevel
+        self.proc = None
+        self.conn = None
+        self.gone = asyncio.Event()
+
+    async def start(self) -> None:
+        import multiprocessing
+        ctx = multiprocessing.get_context("spawn")
+        ours, theirs = ctx.Pipe()
+        child_opts = LiveOptions(**{**self.opts.__dict__, "rules_factory": None,
+                                    "on_alert": None})
+        proc = ctx.Process(target=merge_process_main, name="callstream-merge",
+                           args=(child_opts, self.opts.rules_factory(), theirs, self.loglevel),
+                           daemon=True)
+        proc.start()
+        self.proc = proc
+        theirs.close()
+        self.conn = ours
+        asyncio.get_running_loop().add_reader(ours.fileno(), self._on_message)
+
+    def _on_message(self) -> None:
+        try:
+            facts, alerts = self.conn.recv()
+        except (EOFError, OSError):
+            asyncio.get_running_loop().remove_reader(self.conn.fileno())
+            self.gone.set()
+            return
+        self.state.learn(facts)
+        if self.opts.on_alert is not None:
+            for rec in alerts:
+                self.opts.on_alert(rec)
+
+    async def watch(self, stopping: asyncio.Event) -> None:
+        """Returns when the worker stops; a merge process that dies on its own is a failure
+        of the worker (nothing else would merge this worker's share)."""
+        waiters = [asyncio.ensure_future(self.gone.wait()),
+                   asyncio.ensure_future(stopping.wait())]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+        if self.gone.is_set() and not stopping.is_set():
+            raise RuntimeError(f"the merge process exited (code {self.proc.exitcode})")
+
+    async def stop(self) -> None:
+        """Ask the child to snapshot and leave its group; wait for it."""
+        if self.proc is None:
+            return
+        try:
+            self.conn.send(_STOP)
+        except OSError:
+            pass
+        await asyncio.get_running_loop().run_in_executor(None, self.proc.join, 30)
+        if self.proc.is_alive():
+            log.warning("merge process did not stop within 30 s; killed")
+            self.proc.kill()
+            self.proc.join(5)
+        while not self.gone.is_set() and self.conn.poll():
+            self._on_message()          # its last facts
 
 
 class LiveProcessor:
@@ -695,21 +994,22 @@ class LiveProcessor:
 
     @property
     def watermark(self) -> int | None:
-        m = self.state.merge
-        return m.frontier if m is not None else self.state.global_watermark
+        closed = self.state.closed_through
+        return closed if closed is not None else self.state.global_watermark
 
     async def run(self) -> None:
         opts = self.opts
+        _collect_rarely()
         producer = _producer(opts.bootstrap)
         await producer.start()
         join = JoinStage(opts, producer, self.state)
-        merge = MergeStage(opts, producer, self.state)
+        merge = MergeProcess(opts, self.state, logging.getLogger().getEffectiveLevel())
         try:
-            await join.start()
             await merge.start()
+            await join.start()
             log.info("live processor started: group %s, %d partitions", opts.group,
                      opts.partitions)
-            await asyncio.gather(self._loop(join.run_once), self._loop(merge.run_once),
+            await asyncio.gather(self._loop(join.run_once), self._guard(merge.watch),
                                  self._progress())
         finally:
             try:
@@ -720,9 +1020,14 @@ class LiveProcessor:
                 self._stopped.set()
 
     async def _loop(self, step) -> None:
-        try:
-            while not self._stopping.is_set():
+        async def steps(stopping: asyncio.Event) -> None:
+            while not stopping.is_set():
                 await step()
+        await self._guard(steps)
+
+    async def _guard(self, task) -> None:
+        try:
+            await task(self._stopping)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -747,9 +1052,11 @@ class LiveProcessor:
             while not self._stopping.is_set():
                 got = await c.getmany(tp, timeout_ms=200)
                 for m in got.get(tp, []):
-                    g = orjson.loads(m.value).get("watermark")
-                    if self.state.merge is None and g is not None:
-                        self.state.global_watermark = g
+                    progress = orjson.loads(m.value)
+                    self.state.advance_global(progress.get("watermark"))
+                    closed = progress.get("closed_through")
+                    if closed is not None:
+                        self.state.merge_closed = closed
         finally:
             await c.stop()
 

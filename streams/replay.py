@@ -37,7 +37,7 @@ class FileOutputs:
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = out_dir
         self._stats = open(out_dir / "stats.jsonl", "wb", buffering=1 << 20)
-        self._alerts = open(out_dir / "alerts.jsonl", "wb", buffering=1 << 16)
+        self._alerts = open(out_dir / "alerts.jsonl", "wb", buffering=1 << 20)
         self._dead = open(out_dir / "dead_letters.jsonl", "wb", buffering=1 << 16)
 
     def stats(self, record: dict) -> None:
@@ -48,7 +48,8 @@ class FileOutputs:
         self._stats.write(data)
 
     def alert(self, record: dict) -> None:
-        self._alerts.write(orjson.dumps(record) + b"\n")
+        # the newline from orjson itself: no second copy of each line (months of alerts)
+        self._alerts.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
 
     def dead_letter(self, letter: DeadLetter) -> None:
         self._dead.write(letter.to_json() + b"\n")

@@ -28,7 +28,8 @@ from typing import Callable, Iterable, NamedTuple
 import numpy as np
 import orjson
 
-from streams.fast.alerts import NEVER, NOT_STARTED, next_stops
+from streams.fast.alerts import (MARK_HEAD, MARK_LEVEL, MARK_REPLAY, MARK_WITHIN, NEVER,
+                                 NO_START, NOT_STARTED, gap_columns, next_stops)
 from streams.settings import ConfigError, ProcessingSettings, format_duration, parse_duration_ms
 from streams.timefmt import format_ts
 from streams.windows import ALL, ALL_TRUSTS, CATEGORY_KEYS
@@ -316,10 +317,13 @@ def load_rules(doc: dict, settings: ProcessingSettings) -> tuple[Rule, ...]:
 # Words for people
 # --------------------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=1 << 12)
 def say_duration(seconds: float) -> str:
     """34 min 12 s, 18 min, 2 h 5 min, 45 s."""
-    s = int(round(seconds))
+    return _say_seconds(int(round(seconds)))
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _say_seconds(s: int) -> str:
     if s < 60:
         return f"{s} s"
     if s < 3600:
@@ -354,6 +358,11 @@ def _where(trust: str) -> str:
     return "across all trusts" if trust == ALL_TRUSTS else f"in {trust}"
 
 
+def _capital(text: str) -> str:
+    """A sentence's first letter in capitals (the rest as it is)."""
+    return text[0].upper() + text[1:]
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
@@ -369,6 +378,11 @@ class Observation(NamedTuple):
     sample: int                  # responses or calls behind the value
     detail: tuple = ()
     record: dict | None = None
+
+
+#: an Observation from a tuple of all four fields (a third of the keyword constructor's time:
+#: the batch form makes one per state-machine pass)
+_observation = functools.partial(tuple.__new__, Observation)
 
 
 def _window_observation(rule: Rule, rec: dict | None) -> Observation:
@@ -431,9 +445,9 @@ class BoundaryBatch:
 # --------------------------------------------------------------------------------------------
 
 PENDING, FIRING, RESOLVING = "pending", "firing", "resolving"
-_FOUND_ORDER = operator.itemgetter(0, 1, 2)     # boundary, rule, trust: `evaluate`'s order
+_FOUND_ORDER = operator.itemgetter(0)     # `_follow`'s sort key: `evaluate`'s order
 _NO_RUN = (0, 0.0, 0, NOT_STARTED)
-_NO_RUNS = {n: [_NO_RUN] * n for n in range(len(SEVERITIES) + 1)}
+_NO_RUNS = {n: _NO_RUN * n for n in range(len(SEVERITIES) + 1)}
 
 
 @dataclass(slots=True)
@@ -462,11 +476,18 @@ def _day_text(day: int) -> str:
     return format_ts(day * _DAY_MS)[:11]
 
 
-@functools.lru_cache(maxsize=1 << 12)
+#: "HH:MM:00Z" of each minute of a day (alerts fall on bucket boundaries)
+_MINUTE_TEXT = tuple(f"{h:02d}:{m:02d}:00Z" for h in range(24) for m in range(60))
+
+
+@functools.lru_cache(maxsize=1 << 14)
 def _ts_text(ms: int) -> str:
     """`format_ts` for alert records: the date from `format_ts` once per day, the clock by
-    arithmetic (the same text; alerts are frequent enough for strftime to show)."""
+    arithmetic (the same text; alerts are frequent enough for strftime to show). Cached: a
+    resolved record repeats its firing's time, alerts of one boundary share theirs."""
     day, rest = divmod(ms, _DAY_MS)
+    if rest % 60_000 == 0:
+        return _day_text(day) + _MINUTE_TEXT[rest // 60_000]
     sec, frac = divmod(rest, 1000)
     h, sec = divmod(sec, 3600)
     m, sec = divmod(sec, 60)
@@ -475,12 +496,9 @@ def _ts_text(ms: int) -> str:
     return f"{_day_text(day)}{h:02d}:{m:02d}:{sec:02d}Z"
 
 
-@functools.lru_cache(maxsize=8)
-def _ones(shape: tuple) -> np.ndarray:
-    """A read-only array of ones (the scale of levels that do not move)."""
-    ones = np.ones(shape)
-    ones.flags.writeable = False
-    return ones
+#: `next_stops`' scale for levels that do not move (no rows: 1 everywhere), and its fresh
+#: watch rows when none changed
+_NO_SCALE = _NO_ROWS = np.zeros((0, 0))
 
 
 def fingerprint(labels: dict) -> str:
@@ -540,6 +558,19 @@ class AlertEvaluator:
                       for r in self.rules}
         #: (rule, trust, severity) -> (fingerprint, labels): an alert's identity, made once
         self._identity: dict[tuple[str, str, str], tuple[str, dict]] = {}
+        #: (rule, trust names) -> `_rule_trusts`' answer (the names change only with new trusts)
+        self._trusts_of: dict[tuple[str, tuple], tuple] = {}
+        #: rule -> `_watch`'s row for a trust without alerts (the same for every trust)
+        self._idle: dict[str, list] = {}
+        #: (fingerprint, status, threshold) -> its summary's wording (`_phrase`)
+        self._phrases: dict[tuple, Callable[[float, Observation], str]] = {}
+
+    def __getstate__(self) -> dict:
+        # the live merge snapshots the evaluator; the wording cache holds closures and is
+        # rebuilt on demand
+        state = dict(self.__dict__)
+        state["_phrases"] = {}
+        return state
 
     # -- the hook ----------------------------------------------------------------------
     def evaluate(self, end: int, records: list[dict], pressure: Callable[[], dict],
@@ -609,10 +640,11 @@ class AlertEvaluator:
         leaves that range or the time comes, and only there does `_apply` run (each rule and
         trust on its own: they share no state). Months of minute boundaries then cost a
         state-machine pass per state change instead of a Python call per boundary."""
-        found: list[tuple[int, int, str, dict]] = []
+        found: list[tuple[int, dict]] = []      # (order key, record): see `_follow`
         self._quiet.clear()        # `evaluate`'s own shortcut: stale once states move here
         factors = self._activity_timeline(batch) if self._activity_rules else {}
         ordered = self._window_rules + self._pressure_rules + self._activity_rules
+        skipped_at: dict[int, np.ndarray] = {}
         for order, rule in enumerate(ordered):
             source = rule.info.source
             if source is Source.WINDOW:
@@ -621,97 +653,119 @@ class AlertEvaluator:
                     continue
                 at = closes.at
                 keys, values, observe = self._window_columns(rule, batch.trusts, closes)
-                scale = None
+                scale = levels_at = None
             else:
                 at = np.arange(len(batch.ends))
                 if source is Source.PRESSURE:
                     keys, values, observe = self._pressure_columns(rule, batch)
-                    scale = None
+                    scale = levels_at = None
                 else:
-                    keys, values, scale, observe = self._gap_columns(rule, batch,
-                                                                     factors[rule.name])
-                skipped = batch.ends % rule.every_ms != 0
-                if skipped.any():
+                    columns = self._gap_columns(rule, batch, factors[rule.name])
+                    if columns is None:
+                        continue
+                    keys, values, scale, observe, levels_at = columns
+                skipped = skipped_at.get(rule.every_ms)
+                if skipped is None:     # boundaries that are not evaluations of the rule
+                    skipped = skipped_at[rule.every_ms] = \
+                        np.flatnonzero(batch.ends % rule.every_ms != 0)
+                if len(skipped):
                     values[:, skipped] = np.nan
-            self._follow(rule, order, keys, values, scale, batch.ends[at], at, observe, found)
+            self._follow(rule, order, keys, values, scale, batch.ends[at], at, observe, found,
+                         levels_at, len(ordered), len(batch.trusts) + 1)
         found.sort(key=_FOUND_ORDER)
-        for f in found:
-            emit(f[3])
+        for _, rec in found:
+            emit(rec)
 
     def _follow(self, rule: Rule, order: int, keys: list[str], values: np.ndarray,
                 scale: np.ndarray | None, times: np.ndarray, at: np.ndarray,
-                observe: Callable, found: list) -> None:
+                observe: Callable, found: list, levels_at: Callable | None = None,
+                n_rules: int = 1, n_trusts: int = 1) -> None:
         """Run `rule`'s lifecycle over the points of `values` ([trust, point]; NaN: no
-        verdict there), evaluating only where `_watch` allows a change. Before such a point,
-        the levels whose state the skipped points changed (a pending alert dropped or begun,
-        a firing one resolving or firing again) are replayed at those points alone."""
+        verdict there), evaluating only where `_watch` allows a change: `observe(k, x)` is
+        the observation there, `levels_at(k, x)` the levels when they move (scaled). Before
+        such a point, the levels whose state the skipped points changed (a pending alert
+        dropped or begun, a firing one resolving or firing again) are replayed at those
+        points alone, except the start of a run still under way there: that level steps at
+        the run's start within the point's own pass (`_apply_trust`'s `began`), with the point's
+        observation (`next_stops` tells which is which).
+
+        Records go to `found` with one integer for `evaluate`'s order: boundary, then the
+        rule's `order` (of `n_rules`), then trust name (a rank among at most `n_trusts`)."""
         n_keys, m = values.shape
         if not n_keys or not m:
             return
         scaled = scale is not None
         if not scaled:
-            scale = _ones(values.shape)
+            scale = _NO_SCALE
         levels = self._levels[rule.name]
         n_levels = len(levels)
-        low = np.empty(n_keys)
-        high = np.empty(n_keys)
-        until = np.empty(n_keys, np.int64)
-        run_dir = np.zeros((n_keys, n_levels), np.int64)
-        run_level = np.zeros((n_keys, n_levels))
-        run_for = np.zeros((n_keys, n_levels), np.int64)
-        run_since = np.zeros((n_keys, n_levels), np.int64)
-
-        def watch(k: int) -> None:
-            low[k], high[k], until[k], runs = self._watch(rule, keys[k], scaled)
-            for lv, (direction, level, duration, since) in enumerate(runs):
-                run_dir[k, lv] = direction
-                run_level[k, lv] = level
-                run_for[k, lv] = duration
-                run_since[k, lv] = since
-
-        for k in range(n_keys):
-            watch(k)
+        watch = np.array([self._watch(rule, trust, scaled) for trust in keys], np.float64)
+        fresh = _NO_ROWS                # the watch rows of the keys to do, when they change
+        width = watch.shape[1]
         pos = np.full(n_keys, -1, np.int64)
-        stop = np.empty(n_keys, np.int64)
-        marks = np.empty((n_keys, 2, n_levels), np.int64)   # where runs broke, began
-        broke, began = marks[:, 0], marks[:, 1]
-        again = np.empty(n_keys, np.bool_)
-        hits = np.empty(n_keys, np.int64)
+        marks = np.empty((n_keys, MARK_HEAD + MARK_LEVEL * n_levels), np.int64)
+        hit_marks = np.empty_like(marks)
+        hits = np.arange(n_keys, dtype=np.int64)
         tails = np.empty(n_keys, np.int64)
-        todo = np.arange(n_keys, dtype=np.int64)
+        todo = hits
+        records: list = []              # what one state-machine pass emitted
+        emit = records.append
+        time_at = times.item
+        # the order key: (boundary * n_rules + order) * n_trusts + the trust's rank by name
+        per_point = n_rules * n_trusts
+        rank = {t: i for i, t in enumerate(sorted(keys))}
+        key_base = [order * n_trusts + rank[t] for t in keys]
+        apply_trust = self._apply_trust
+        watch_of = self._watch
 
-        def replay(k: int) -> None:
+        def replay(k: int, mk: list) -> None:
+            """Each level's state change at the points marked to replay, in order."""
             trust = keys[k]
-            broke_k, began_k = marks[k].tolist()
-            replays = [(p, lv) for lv, p in enumerate(broke_k) if p >= 0]
-            replays += [(p, lv) for lv, p in enumerate(began_k) if p >= 0]
-            for p, lv in sorted(replays):
-                obs, scaled_levels = observe(k, p)
-                level = (levels if scaled_levels is None else scaled_levels)[lv]
-                self._apply(rule, times.item(p), {trust: obs},
-                            lambda rec, j=at.item(p): found.append((j, order, trust, rec)),
-                            {trust: (level,)})
+            points = sorted((p, lv) for lv in range(n_levels)
+                            for p in mk[MARK_HEAD + MARK_LEVEL * lv:
+                                        MARK_HEAD + MARK_LEVEL * lv + 2] if p >= 0)
+            for p, lv in points:
+                level = (levels if levels_at is None else levels_at(k, p))[lv]
+                apply_trust(rule, trust, (level,), time_at(p), observe(k, p), emit)
+                if records:         # (none: a replayed change notifies nobody)
+                    j = at.item(p) * per_point + key_base[k]
+                    found.extend([(j, rec) for rec in records])
+                    records.clear()
 
-        while len(todo):
-            n_hits, n_tails = next_stops(values, scale, times, low, high, until, run_dir,
-                                         run_level, run_for, run_since, pos, todo, stop,
-                                         broke, began, again, hits, tails)
+        while True:
+            n_hits, n_tails = next_stops(values, scale, times, watch, fresh, pos, todo, marks,
+                                         hits, hit_marks, tails)
             # runs under way at the end of the batch: their state goes on to the next one
             for k in tails[:n_tails].tolist():
-                replay(k)
-            todo = hits[:n_hits].copy()
-            for k, x, replays in zip(todo.tolist(), stop[todo].tolist(), again[todo].tolist()):
+                replay(k, marks[k].tolist())
+            if not n_hits:
+                return
+            todo = hits[:n_hits]           # (`next_stops` reads it before writing hits)
+            flat: list = []                   # the keys' new watch rows, one after another
+            for k, mk in zip(todo.tolist(), hit_marks[:n_hits].tolist()):
+                x = mk[0]
                 trust = keys[k]
-                if replays:
-                    replay(k)
-                obs, scaled_levels = observe(k, x)
-                self._apply(rule, times.item(x), {trust: obs},
-                            lambda rec, j=at.item(x): found.append((j, order, trust, rec)),
-                            None if scaled_levels is None else {trust: scaled_levels})
-                watch(k)
+                hints = None
+                if mk[1]:
+                    if mk[1] & MARK_REPLAY:
+                        replay(k, mk)
+                    if mk[1] & MARK_WITHIN:
+                        hints = mk[MARK_HEAD + 2::MARK_LEVEL]      # times (NO_START: none)
+                apply_trust(rule, trust, levels if levels_at is None else levels_at(k, x),
+                            time_at(x), observe(k, x), emit, hints)
+                if records:
+                    j = at.item(x) * per_point + key_base[k]
+                    if len(records) == 1:
+                        found.append((j, records.pop()))
+                    else:
+                        found.extend([(j, rec) for rec in records])
+                        records.clear()
+                flat += watch_of(rule, trust, scaled)
+            fresh = np.array(flat, np.float64).reshape(n_hits, width)
 
-    def _watch(self, rule: Rule, trust: str, scaled: bool = False) -> tuple:
-        """Where evaluating `rule` for `trust` can be skipped: (low, high, until, runs).
+    def _watch(self, rule: Rule, trust: str, scaled: bool = False) -> list:
+        """Where evaluating `rule` for `trust` can be skipped: low, high, until, then the
+        runs, four numbers a level (`next_stops`' watch row).
 
         While the value v stays in low < v <= high (in the rule's unscaled levels) and the
         time is before `until`, evaluations change nothing but runs: per level, (direction,
@@ -728,36 +782,40 @@ class AlertEvaluator:
         - nothing can be skipped for an alert that would be notified now, for a band's
           (either side changes it), or for any alert of a rule whose levels move (`scaled`:
           data gaps scaled by call rates, where each evaluation records the level used)."""
-        never = (math.inf, -math.inf, NEVER, _NO_RUNS[len(self._levels[rule.name])])
-        if self.exhaustive:
-            return never
         name = rule.name
-        if scaled and self._live.get(name) and trust in self._live[name]:
-            return never
+        live = self._live.get(name)
+        held = bool(live) and trust in live
+        if not held:
+            idle = self._idle.get(name)
+            if idle is not None:
+                return idle             # no alert: the same row every time
+        if self.exhaustive or (scaled and held):
+            return self._never(name)
         low, high, until = -math.inf, math.inf, NEVER
         runs = []
+        add = runs.extend
         critical_active = False
         for sev, hi, lo, hi_clear, _lo_clear in self._levels[name]:
             st = self.states.get((name, trust, sev))
             if lo != -math.inf:
                 if st is not None:
-                    return never
+                    return self._never(name)
                 low = max(low, math.nextafter(lo, -math.inf))
                 high = min(high, hi)
-                runs.append(_NO_RUN)
+                add(_NO_RUN)
             elif st is None:
-                runs.append((1, hi, rule.for_ms, NOT_STARTED))
+                add((1, hi, rule.for_ms, NOT_STARTED))
             elif st.state == PENDING:
-                runs.append((1, hi, rule.for_ms, st.since))
+                add((1, hi, rule.for_ms, st.since))
             else:
                 inhibited = critical_active and sev == "warning"
                 if st.notified and not (inhibited and rule.repeat_ms):
-                    runs.append((-1, hi_clear, rule.resolve_for_ms,
-                                 NOT_STARTED if st.state == FIRING else st.since))
+                    add((-1, hi_clear, rule.resolve_for_ms,
+                         NOT_STARTED if st.state == FIRING else st.since))
                 elif not st.notified and not inhibited:
-                    return never
+                    return self._never(name)
                 else:
-                    runs.append(_NO_RUN)
+                    add(_NO_RUN)
                     if st.state == FIRING:
                         low = max(low, hi_clear)
                     else:
@@ -767,15 +825,30 @@ class AlertEvaluator:
                     until = min(until, st.last_notified + rule.repeat_ms)
                 if sev == "critical":
                     critical_active = True
-        return low, high, until, runs
+        row = [low, high, until, *runs]
+        if not held:
+            self._idle[name] = row
+        return row
 
-    def _rule_trusts(self, rule: Rule, names: tuple) -> tuple[list[int], list[str]]:
-        """Trust indexes and names a rule observes (index len(names): all trusts)."""
+    def _never(self, name: str) -> list:
+        """A watch row that skips nothing: every point of the key is evaluated."""
+        return [math.inf, -math.inf, NEVER, *_NO_RUNS[len(self._levels[name])]]
+
+    def _rule_trusts(self, rule: Rule, names: tuple) -> tuple[list[int] | slice, list[str]]:
+        """Trust indexes and names a rule observes (index len(names): all trusts); the
+        indexes as a slice where they run on (a view instead of a copy)."""
+        key = (rule.name, names)
+        known = self._trusts_of.get(key)
+        if known is not None:
+            return known
         idx = [t for t, name in enumerate(names) if self._keep(rule, name)]
         keys = [names[t] for t in idx]
         if self._keep(rule, ALL_TRUSTS):
             idx.append(len(names))
             keys.append(ALL_TRUSTS)
+        if idx and idx == list(range(idx[0], idx[-1] + 1)):
+            idx = slice(idx[0], idx[-1] + 1)
+        self._trusts_of[key] = idx, keys
         return idx, keys
 
     def _window_columns(self, rule: Rule, names: tuple, closes: ClosedWindows):
@@ -792,7 +865,7 @@ class AlertEvaluator:
 
             def observe(k: int, x: int):
                 rec = None if dates[x] is None else {"date": dates[x]}
-                return Observation(values.item(k, x), n.item(x, k), record=rec), None
+                return _observation((values.item(k, x), n.item(x, k), (), rec))
             return keys, values, observe
         calls = closes.totals[:, idx, 0]
         has = closes.has_totals[:, idx]
@@ -803,7 +876,7 @@ class AlertEvaluator:
 
             def observe(k: int, x: int):
                 rec = None if dates[x] is None else {"date": dates[x]}
-                return Observation(float(part.item(x, k)), calls.item(x, k), record=rec), None
+                return _observation((float(part.item(x, k)), calls.item(x, k), (), rec))
             return keys, values, observe
         part = closes.totals[:, idx, 2 if m is Metric.REDIRECT_SHARE else 1]
         ok = has & (calls > 0) & (calls >= rule.min_sample)
@@ -812,7 +885,7 @@ class AlertEvaluator:
         def observe(k: int, x: int):
             rec = None if dates[x] is None else {"date": dates[x]}
             p, n = part.item(x, k), calls.item(x, k)
-            return Observation(p / n, n, (p,), rec), None
+            return _observation((p / n, n, (p,), rec))
         return keys, values, observe
 
     def _pressure_columns(self, rule: Rule, batch: BoundaryBatch):
@@ -820,74 +893,107 @@ class AlertEvaluator:
         trust with none waiting counts as 0; all trusts sum the calls, take the longest)."""
         idx, keys = self._rule_trusts(rule, batch.trusts)
         c = WAIT_CATEGORIES.index(rule.category)
-        rows = slice(None) if idx == list(range(len(batch.trusts) + 1)) else idx
-        n = batch.waiting[c, rows]
-        longest = batch.longest_ms[c, rows]
-        values = n.astype(np.float64) if rule.metric is Metric.CALLS_WAITING else longest / 1000.0
-        wait_observation = self._wait_observation
+        n = batch.waiting[c, idx]
+        longest = batch.longest_ms[c, idx]
+        if rule.metric is Metric.CALLS_WAITING:
+            values = n.astype(np.float64)
 
-        def observe(k: int, x: int):
-            return wait_observation(rule, n.item(k, x), longest.item(k, x)), None
+            def observe(k: int, x: int):
+                calls = n.item(k, x)
+                return _observation((float(calls), calls, (longest.item(k, x),), None))
+        else:
+            values = longest / 1000.0
+
+            def observe(k: int, x: int):       # `_wait_observation`, the value at hand
+                calls = n.item(k, x)
+                return _observation((values.item(k, x), calls, (calls,), None))
         return keys, values, observe
 
-    def _gap_columns(self, rule: Rule, batch: BoundaryBatch, factors: np.ndarray):
+    def _gap_columns(self, rule: Rule, batch: BoundaryBatch, factors: tuple):
         """A data-gap rule's values by trust and boundary (`_gap_rule` in columns), with each
-        trust's level factor per boundary as the scale of its levels."""
-        names = batch.trusts
-        idx, keys = self._rule_trusts(rule, names)
+        trust's level factor per boundary (`factors`: rows by trust, the row of each boundary)
+        as the scale of its levels; None when no gap in the batch passes its level and no
+        alert is held: then nothing can change (`_gap_rule`'s shortcut, for the whole batch)."""
         last = batch.last_call
         m, nt = last.shape
-        latest = last.max(axis=1) if nt else np.full(m, -1, np.int64)
-        ts = np.hstack((last, latest[:, None]))[:, idx]
-        gaps = np.where(ts >= 0, (latest[:, None] - ts) / 1000.0, np.nan)
-        scale = np.hstack((factors, np.ones((m, 1))))[:, idx]
-        if idx and idx[-1] == nt:                   # all trusts: the gap runs to the clock
-            gaps[:, -1] = np.where(latest >= 0, (batch.ends - latest) / 1000.0, np.nan)
-        values = np.ascontiguousarray(gaps.T)
-        scale = np.ascontiguousarray(scale.T)
+        idx, keys = self._rule_trusts(rule, batch.trusts)
+        if isinstance(idx, slice):
+            idx = list(range(nt + 1))[idx]
+        if not keys or not m:
+            return None
+        rows, which = factors
+        values = np.empty((len(keys), m))
+        scale = np.empty((len(keys), m))
+        passes = gap_columns(last, batch.ends, rule.every_ms, rows, which,
+                             np.array(idx, np.int64), self._bounds[rule.name][0], values, scale)
+        if not passes and not self._live.get(rule.name) and not self.exhaustive \
+                and self._bounds[rule.name][1] == -math.inf:
+            return None
+        idx_of = idx
 
         def observe(k: int, x: int):
-            factor = scale.item(k, x)
-            obs = Observation(values.item(k, x), 1, (ts.item(x, k),))
-            return obs, (self._scaled_levels(rule, factor) if factor > 1.0 else None)
-        return keys, values, scale, observe
+            t = idx_of[k]
+            ts = last[x].max() if t == nt else last.item(x, t)
+            return _observation((values.item(k, x), 1, (int(ts),), None))
 
-    def _activity_timeline(self, batch: BoundaryBatch) -> dict[str, np.ndarray]:
+        def levels_at(k: int, x: int) -> tuple:
+            factor = scale.item(k, x)
+            return self._scaled_levels(rule, factor) if factor > 1.0 else self._levels[rule.name]
+        return keys, values, scale, observe, levels_at
+
+    def _activity_timeline(self, batch: BoundaryBatch) -> dict[str, tuple]:
         """What `evaluate` does for data-gap rules before any rule, in boundary order: note
-        each trust's first call, learn call rates from the rate window's records; returns
-        each data-gap rule's level factor per boundary and trust ([m, trust])."""
+        each trust's first call, learn call rates from the rate window's records (as
+        `_learn_rate` at each close, in columns); returns per data-gap rule its level factors
+        (`_gap_factor`) as rows by trust and each boundary's row."""
         names = batch.trusts
         last = batch.last_call
         m, nt = last.shape
         seen = last >= 0
-        new = {t: int(np.argmax(seen[:, t])) for t in range(nt)
-               if names[t] not in self._first_seen and seen[:, t].any()}
-
-        def note_first_calls(upto: int) -> None:
-            for t, x in sorted(new.items(), key=lambda item: item[1]):
-                if x <= upto:
-                    self._first_seen[names[t]] = int(last[x, t])
-                    del new[t]
-
-        def factors_now() -> list[list[float]]:
-            return [[self._gap_factor(r, names[t]) for t in range(nt)]
-                    for r in self._activity_rules]
-        starts, rows = [0], [factors_now()]
+        first_x = np.where(seen.any(axis=0), seen.argmax(axis=0), m)   # first boundary seen
+        first = last[np.minimum(first_x, max(m - 1, 0)), np.arange(nt)] if m \
+            else np.zeros(nt, np.int64)
+        for t in range(nt):                        # known before the batch: from the start
+            known = self._first_seen.get(names[t])
+            if known is not None:
+                first_x[t], first[t] = -1, known
+        new = sorted((x, t) for t, x in enumerate(first_x.tolist()) if 0 <= x < m)
+        prior = np.array([self._call_rate.get(n, np.nan) for n in names], np.float64)
         closes = batch.windows.get(self._rate_window[0])
-        if closes is not None:
-            calls = closes.totals[:, :, 0].tolist()
-            for x, has, n in zip(closes.at.tolist(), closes.has_totals.tolist(), calls):
-                note_first_calls(x)
-                end = batch.ends.item(x)
-                for t in range(nt):
-                    if has[t]:
-                        self._learn_rate(end, names[t], n[t])
-                starts.append(x)
-                rows.append(factors_now())
-        note_first_calls(m)
-        which = np.searchsorted(np.array(starts), np.arange(m), side="right") - 1
-        table = np.array(rows, np.float64).reshape(len(rows), len(self._activity_rules), nt)
-        return {r.name: table[which, i, :] for i, r in enumerate(self._activity_rules)}
+        if closes is not None and len(closes.at) and nt:
+            at = closes.at
+            end = batch.ends[at][:, None]
+            learn = closes.has_totals[:, :nt] & (first_x[None, :] <= at[:, None]) \
+                & (end > first[None, :])
+            span = np.minimum(self._rate_window[1], np.where(learn, end - first[None, :], 1))
+            rate = closes.totals[:, :nt, 0] / span
+            # each trust's rate after each close: the latest one learned (forward fill)
+            latest_at = np.maximum.accumulate(
+                np.where(learn, np.arange(len(at))[:, None], -1), axis=0)
+            cols = np.arange(nt)
+            rates = np.vstack((prior, np.where(latest_at >= 0, rate[latest_at, cols],
+                                               prior[None, :])))
+            which = np.searchsorted(at, np.arange(m), side="right")   # row 0: before any
+            learned = latest_at[-1]
+            order = sorted((int(np.argmax(learn[:, t])), t) for t in range(nt)
+                           if learned[t] >= 0)
+            for _, t in order:                     # first learned first, as `_learn_rate`
+                self._call_rate[names[t]] = float(rate[learned[t], t])
+        else:
+            rates = prior[None, :]
+            which = np.zeros(m, np.int64)
+        for x, t in new:
+            self._first_seen[names[t]] = int(first[t])
+        out = {}
+        for rule in self._activity_rules:
+            if not rule.usual_gaps:
+                out[rule.name] = np.ones((1, nt)), np.zeros(m, np.int64)
+                continue
+            ok = rates > 0                         # NaN (no rate) and 0 keep the level
+            f = np.where(ok, rule.usual_gaps / np.where(ok, rates, 1.0) / 1000.0
+                         / self._lowest[rule.name], 1.0)
+            out[rule.name] = np.maximum(f, 1.0), which
+        return out
 
     # -- observations ------------------------------------------------------------------
     def _keep(self, rule: Rule, trust: str) -> bool:
@@ -1018,69 +1124,95 @@ class AlertEvaluator:
         With `quiet`, it also records per trust the value range in which nothing about its
         alerts can change (all firing and notified, no repeats): evaluated every minute, a
         long-firing pressure alert then costs one comparison instead of a state-machine pass."""
-        states = self.states
         name = rule.name
         # "*" sorts before trust codes, so all-trusts alerts come first at equal times
         trusts = sorted(observations) if len(observations) > 1 else observations
         for trust in trusts:
-            obs = observations[trust]
-            v = obs.value
-            critical_active = False
             levels = self._levels[name] if not levels_for or trust not in levels_for \
                 else levels_for[trust]
-            for sev, hi, lo, hi_clear, lo_clear in levels:
-                key = (name, trust, sev)
-                st = states.get(key)
-                inhibited = critical_active and sev == "warning"
-                crossed = hi if v > hi else (lo if v < lo else None)
-                if st is None:
-                    if crossed is None:
-                        continue
-                    ident = self._identity.get(key)
-                    if ident is None:
-                        labels = self._labels(rule, trust, sev)
-                        ident = self._identity[key] = (fingerprint(labels), labels)
-                    st = states[key] = AlertState(ident[0], ident[1], PENDING, end)
-                    self._live.setdefault(name, set()).add(trust)
-                    st.threshold, st.value, st.obs = crossed, v, obs
-                    if rule.for_ms == 0:
-                        self._fire(rule, st, end, inhibited, emit)
-                elif st.state == PENDING:
-                    if crossed is None:
-                        self._drop(key)
-                        continue
-                    st.threshold, st.value, st.obs = crossed, v, obs
-                    if end - st.since >= rule.for_ms:
-                        self._fire(rule, st, end, inhibited, emit)
-                else:                          # firing or resolving
-                    st.value, st.obs = v, obs
-                    if st.state == FIRING and crossed is not None and st.notified \
-                            and not rule.repeat_ms:
-                        st.threshold = crossed
-                        critical_active = critical_active or sev == "critical"
-                        continue               # still breached: the common, quiet case
-                    if v <= hi_clear and v >= lo_clear:
-                        if st.state == FIRING:
-                            st.state, st.since = RESOLVING, end
-                        if end - st.since >= rule.resolve_for_ms:
-                            self._drop(key)
-                            if st.notified:
-                                self._notify(rule, st, "resolved", end, emit)
-                            continue
-                    else:
-                        st.state = FIRING
-                        if crossed is not None:
-                            st.threshold = crossed
-                    if not inhibited:
-                        if not st.notified:
-                            self._notify(rule, st, "firing", end, emit)   # its critical has gone
-                        elif rule.repeat_ms and end - st.last_notified >= rule.repeat_ms:
-                            st.repeat += 1
-                            self._notify(rule, st, "firing", end, emit)
-                if sev == "critical" and st.state != PENDING and key in states:
-                    critical_active = True
+            self._apply_trust(rule, trust, levels, end, observations[trust], emit)
             if quiet is not None:
                 self._note_quiet(rule, trust, levels, quiet)
+
+    def _apply_trust(self, rule: Rule, trust: str, levels: tuple, end: int, obs: Observation,
+                     emit: Callable[[dict], None], began: list | None = None) -> None:
+        """`_apply` for one trust: its levels in order, critical first (it inhibits the
+        warning).
+
+        `began` (the batch form) gives a time per level (NO_START: none): the start of a run
+        of values on the same side of that level as now, with no evaluation between that
+        changed anything else. The level steps there first, with this observation: it makes
+        the change the value made at the start of the run (a pending alert begun, a firing one
+        resolving), and the value it stores is replaced at `end` anyway."""
+        step = self._step
+        critical_active = False
+        if began is None:
+            for level in levels:
+                if step(rule, trust, level, end, obs, critical_active and level[0] == "warning",
+                        emit):
+                    critical_active = True
+            return
+        for level, start in zip(levels, began):
+            if start != NO_START:
+                step(rule, trust, level, start, obs, False, emit)
+            if step(rule, trust, level, end, obs, critical_active and level[0] == "warning",
+                    emit):
+                critical_active = True
+
+    def _step(self, rule: Rule, trust: str, level: tuple, end: int, obs: Observation,
+              inhibited: bool, emit: Callable[[dict], None]) -> bool:
+        """One level of one alert at one evaluation: the state machine itself. Returns
+        whether the level is now an active critical (one that inhibits the warning)."""
+        sev, hi, lo, hi_clear, lo_clear = level
+        key = (rule.name, trust, sev)
+        states = self.states
+        st = states.get(key)
+        v = obs.value
+        crossed = hi if v > hi else (lo if v < lo else None)
+        if st is None:
+            if crossed is None:
+                return False
+            ident = self._identity.get(key)
+            if ident is None:
+                labels = self._labels(rule, trust, sev)
+                ident = self._identity[key] = (fingerprint(labels), labels)
+            st = states[key] = AlertState(ident[0], ident[1], PENDING, end, None, False, 0, 0,
+                                          crossed, v, obs)
+            self._live.setdefault(rule.name, set()).add(trust)
+            if rule.for_ms == 0:
+                self._fire(rule, st, end, inhibited, emit)
+        elif st.state == PENDING:
+            if crossed is None:
+                self._drop(key)
+                return False
+            st.threshold, st.value, st.obs = crossed, v, obs
+            if end - st.since >= rule.for_ms:
+                self._fire(rule, st, end, inhibited, emit)
+        else:                          # firing or resolving
+            st.value, st.obs = v, obs
+            if st.state == FIRING and crossed is not None and st.notified \
+                    and not rule.repeat_ms:
+                st.threshold = crossed
+                return sev == "critical"   # still breached: the common, quiet case
+            if v <= hi_clear and v >= lo_clear:
+                if st.state == FIRING:
+                    st.state, st.since = RESOLVING, end
+                if end - st.since >= rule.resolve_for_ms:
+                    self._drop(key)
+                    if st.notified:
+                        self._notify(rule, st, "resolved", end, emit)
+                    return False
+            else:
+                st.state = FIRING
+                if crossed is not None:
+                    st.threshold = crossed
+            if not inhibited:
+                if not st.notified:
+                    self._notify(rule, st, "firing", end, emit)   # its critical has gone
+                elif rule.repeat_ms and end - st.last_notified >= rule.repeat_ms:
+                    st.repeat += 1
+                    self._notify(rule, st, "firing", end, emit)
+        return sev == "critical" and st.state != PENDING and key in states
 
     def _note_quiet(self, rule: Rule, trust: str, levels, quiet: dict) -> None:
         low, high, held = float("-inf"), float("inf"), False
@@ -1100,10 +1232,13 @@ class AlertEvaluator:
             quiet.pop(trust, None)
 
     def _drop(self, key: tuple[str, str, str]) -> None:
-        del self.states[key]
+        states = self.states
+        del states[key]
         name, trust, _ = key
-        if not any((name, trust, sev) in self.states for sev in SEVERITIES):
-            self._live[name].discard(trust)
+        for sev in SEVERITIES:
+            if (name, trust, sev) in states:
+                return
+        self._live[name].discard(trust)
 
     def _fire(self, rule: Rule, st: AlertState, end: int, inhibited: bool,
               emit: Callable[[dict], None]) -> None:
@@ -1132,13 +1267,15 @@ class AlertEvaluator:
     def _record(self, rule: Rule, st: AlertState, status: str, end: int) -> dict:
         unit, digits = self._unit[rule.name]
         value = round(float(st.value), digits)
+        at = _ts_text(end)
         return {
             "fingerprint": st.fingerprint,
             "rule": rule.name,
             "status": status,
-            "at": _ts_text(end),
-            "starts_at": _ts_text(st.starts_at if st.starts_at is not None else end),
-            "ends_at": _ts_text(end) if status == "resolved" else None,
+            "at": at,
+            "starts_at": at if st.starts_at is None or st.starts_at == end
+            else _ts_text(st.starts_at),
+            "ends_at": at if status == "resolved" else None,
             "labels": st.labels,
             "value": value,
             "threshold": st.threshold,
@@ -1150,67 +1287,90 @@ class AlertEvaluator:
 
     def summary(self, rule: Rule, st: AlertState, status: str) -> str:
         """One sentence a dispatcher understands, naming the value, the level and the sample."""
-        trust = st.labels["trust"]
+        key = (st.fingerprint, status, st.threshold)     # the fingerprint: rule + labels
+        phrase = self._phrases.get(key)
+        if phrase is None:
+            labels = st.labels
+            phrase = self._phrases[key] = self._phrase(rule, labels["trust"],
+                                                       labels["severity"], status, st.threshold)
+        return phrase(st.value, st.obs)
+
+    def _phrase(self, rule: Rule, trust: str, severity: str, status: str,
+                thr: float) -> Callable[[float, Observation], str]:
+        """`summary`'s sentence for one alert, status and level: the words fixed, a function
+        of the value and observation (alerts are many, their wordings few)."""
         where = _where(trust)
         cat = rule.category
-        v, thr, obs = st.value, st.threshold, st.obs
         firing = status == "firing"
-        severity = st.labels["severity"]
         m = rule.metric
+        window = rule.window
+        if window is not None and window not in ("day", "mtd"):
+            fixed = _say_window(window, None)
+            win = lambda obs: fixed
+        else:
+            win = lambda obs: _say_window(window, obs.record)
         if m in (Metric.RESPONSE_MEAN, Metric.RESPONSE_P90):
             what = "mean response" if m is Metric.RESPONSE_MEAN else "90th-centile response"
             noun = "target" if severity == "warning" else "critical level"
             cmp = (f"above the {say_duration(thr)} {noun}" if firing
                    else f"back within the {say_duration(thr)} {noun}")
-            win = _say_window(rule.window, obs.record)
-            text = f"{cat} {what} {say_duration(v)} {win} {where}, {cmp} ({_plural(obs.sample, 'response')})"
-        elif m is Metric.REDIRECT_SHARE:
-            win = _say_window(rule.window, obs.record)
+            head = _capital(f"{cat} {what} ")
+            tail = f" {where}, {cmp} ("
+            return lambda v, obs: (f"{head}{say_duration(v)} {win(obs)}{tail}"
+                                   f"{_plural(obs.sample, 'response')}).")
+        if m is Metric.REDIRECT_SHARE:
             cmp = (f"above the {_say_share(thr)} {severity} level" if firing
                    else f"back under the {_say_share(thr)} {severity} level")
-            part = obs.detail[0] if obs.detail else 0
-            text = (f"{_say_share(v)} of calls redirected to other services {win} {where}, "
-                    f"{cmp} ({part} of {_plural(obs.sample, 'call')})")
-        elif m is Metric.HEAR_AND_TREAT_SHARE:
+            tail = f" {where}, {cmp} ("
+            return lambda v, obs: _capital(
+                f"{_say_share(v)} of calls redirected to other services {win(obs)}{tail}"
+                f"{obs.detail[0] if obs.detail else 0} of {_plural(obs.sample, 'call')}).")
+        if m is Metric.HEAR_AND_TREAT_SHARE:
             level = self._level_of[rule.name, severity]
-            win = _say_window(rule.window, obs.record)
             band = f"{_say_share(level.low)}-{_say_share(level.high)}"
             cmp = (f"{'below' if thr == level.low else 'above'} the {band} band" if firing
                    else f"back within the {band} band")
-            part = obs.detail[0] if obs.detail else 0
-            text = (f"Hear-and-treat {_say_share(v)} of calls {win} {where}, {cmp} "
-                    f"({part} of {_plural(obs.sample, 'call')})")
-        elif m is Metric.C1_REDIRECTED:
-            win = _say_window(rule.window, obs.record)
-            n = int(v)
+            tail = f" {where}, {cmp} ("
+            return lambda v, obs: (
+                f"Hear-and-treat {_say_share(v)} of calls {win(obs)}{tail}"
+                f"{obs.detail[0] if obs.detail else 0} of {_plural(obs.sample, 'call')}).")
+        if m is Metric.C1_REDIRECTED:
             limit = "any is flagged" if thr == 0 else f"{severity} above {int(thr)}"
-            text = (f"{_plural(n, 'C1 call')} redirected to other services {win} {where} "
-                    f"({limit})" if firing else
-                    f"C1 calls redirected to other services {win} {where} down to {n} "
-                    f"({limit})")
-        elif m is Metric.CALLS_WAITING:
-            longest = obs.detail[0] / 1000.0 if obs.detail else 0.0
-            n = int(v)
+            if firing:
+                return lambda v, obs: _capital(
+                    f"{_plural(int(v), 'C1 call')} redirected to other services {win(obs)} "
+                    f"{where} ({limit}).")
+            return lambda v, obs: (f"C1 calls redirected to other services {win(obs)} {where} "
+                                   f"down to {int(v)} ({limit}).")
+        if m is Metric.CALLS_WAITING:
             cmp = (f"above the {severity} level of {int(thr)}" if firing
                    else f"back under the {severity} level of {int(thr)}")
-            text = (f"{_plural(n, cat + ' call')} waiting for a crew {where}, {cmp} "
-                    f"(longest wait {say_duration(longest)})")
-        elif m is Metric.LONGEST_WAIT:
-            n = obs.detail[0] if obs.detail else 0
+            tail = f" waiting for a crew {where}, {cmp} (longest wait "
+            return lambda v, obs: _capital(
+                f"{_plural(int(v), cat + ' call')}{tail}"
+                f"{say_duration(obs.detail[0] / 1000.0 if obs.detail else 0.0)}).")
+        if m is Metric.LONGEST_WAIT:
             cmp = (f"past the {say_duration(thr)} {severity} limit" if firing
                    else f"back under the {say_duration(thr)} {severity} limit")
-            text = (f"Longest {cat} wait for a crew {say_duration(v)} {where}, {cmp} "
-                    f"({_plural(n, cat + ' call')} waiting)")
-        else:   # data gap
+            head = _capital(f"Longest {cat} wait for a crew ")
+            tail = f" {where}, {cmp} ("
+            calls = cat + " call"
+            return lambda v, obs: (f"{head}{say_duration(v)}{tail}"
+                                   f"{_plural(obs.detail[0] if obs.detail else 0, calls)} "
+                                   f"waiting).")
+        # data gap
+        source = "any trust" if trust == ALL_TRUSTS else trust
+        others = "" if trust == ALL_TRUSTS else " while other trusts' calls kept arriving"
+        tz = self.tz
+
+        def gap(v: float, obs: Observation) -> str:
             last = obs.detail[0] if obs.detail else None
-            when = (datetime.fromtimestamp(last / 1000.0, self.tz).strftime("%H:%M %Z, %d %b")
+            when = (datetime.fromtimestamp(last / 1000.0, tz).strftime("%H:%M %Z, %d %b")
                     if last is not None else "never")
-            source = "any trust" if trust == ALL_TRUSTS else trust
-            others = "" if trust == ALL_TRUSTS else " while other trusts' calls kept arriving"
-            text = (f"No calls received from {source} for {say_duration(v)}{others} "
-                    f"(last at {when}); check the feed" if firing else
-                    f"Calls from {source} are arriving again (last at {when})")
-        return text[0].upper() + text[1:] + "."
+            return _capital(f"No calls received from {source} for {say_duration(v)}{others} "
+                            f"(last at {when}); check the feed." if firing else
+                            f"Calls from {source} are arriving again (last at {when}).")
+        return gap
 
     # -- introspection (dashboard, restarts) -------------------------------------------
     def firing(self, end: int | None = None) -> list[dict]:

@@ -326,8 +326,23 @@ def test_fingerprints_are_stable_and_distinct():
     assert first[0]["fingerprint"] != first[1]["fingerprint"]     # "*" and LAS differ
 
 
-def test_restored_evaluator_continues_exactly():
-    """A restart restores the lifecycle from a snapshot and raises nothing twice."""
+def _restored(ev, doc):
+    """A restart: the lifecycle restored from `snapshot()` into a new evaluator."""
+    fresh = build_evaluator(doc, SETTINGS)
+    fresh.restore(ev.snapshot())
+    return fresh
+
+
+def _pickled(ev, doc):
+    """The live merge's snapshot: the whole evaluator through pickle."""
+    import pickle
+    return pickle.loads(pickle.dumps(ev))
+
+
+@pytest.mark.parametrize("carry", [_restored, _pickled], ids=["restored", "pickled"])
+def test_carried_evaluator_continues_exactly(carry):
+    """Carried over mid-alert (firing, its wording cached), the evaluator raises exactly what
+    an uninterrupted one does: nothing twice, nothing lost."""
     log = response_log([(0, 120, 25), (120, 300, 10)])
     doc = only(C2_MEAN)
     reference = replay(log, doc)
@@ -337,10 +352,8 @@ def test_restored_evaluator_continues_exactly():
             self.inner = build_evaluator(doc, SETTINGS)
 
         def evaluate(self, end, records, pressure, last_call, emit):
-            if end == at(60):     # "crash" with the alert firing: restore into a new object
-                snap = self.inner.snapshot()
-                self.inner = build_evaluator(doc, SETTINGS)
-                self.inner.restore(snap)
+            if end == at(60):     # "crash" with the alert firing
+                self.inner = carry(self.inner, doc)
             self.inner.evaluate(end, records, pressure, last_call, emit)
 
     _, out = process_lines(log, SETTINGS, Restarting())
@@ -684,3 +697,195 @@ def test_alert_times_are_written_as_format_ts_writes_them():
     times = rng.integers(MIN_TS_MS, MAX_TS_MS, 20_000).tolist()
     times += [t - t % 60_000 for t in times[:5_000]] + [MIN_TS_MS, MAX_TS_MS - 1, 0, 999]
     assert [_ts_text(t) for t in times] == [format_ts(t) for t in times]
+
+
+# --------------------------------------------------------------------------------------------
+# Pieces of the batch form against plain references
+# --------------------------------------------------------------------------------------------
+
+def plain_summary(ev: AlertEvaluator, rule, st, status: str) -> str:
+    """The summary sentence written out in full each time (the wording `summary` caches in
+    pieces per alert, status and level)."""
+    from datetime import datetime
+
+    from streams.rules import Metric
+    say_share = lambda v: f"{v * 100:.0f}%" if abs(v * 100 - round(v * 100)) < 1e-9 \
+        else f"{v * 100:.1f}%"                                              # noqa: E731
+    plural = lambda n, w: f"{n} {w}" if n == 1 else f"{n} {w}s"             # noqa: E731
+    trust, severity = st.labels["trust"], st.labels["severity"]
+    where = "across all trusts" if trust == "*" else f"in {trust}"
+    cat, v, thr, obs, firing = rule.category, st.value, st.threshold, st.obs, status == "firing"
+    if rule.window == "day":
+        win = f"on {obs.record.get('date') if obs.record else 'the day'}"
+    else:
+        win = {"1h": "over the last hour", "24h": "over the last 24 hours"}.get(rule.window)
+    m = rule.metric
+    if m in (Metric.RESPONSE_MEAN, Metric.RESPONSE_P90):
+        what = "mean response" if m is Metric.RESPONSE_MEAN else "90th-centile response"
+        noun = "target" if severity == "warning" else "critical level"
+        cmp = f"{'above' if firing else 'back within'} the {say_duration(thr)} {noun}"
+        text = f"{cat} {what} {say_duration(v)} {win} {where}, {cmp} ({plural(obs.sample, 'response')})"
+    elif m is Metric.REDIRECT_SHARE:
+        cmp = f"{'above' if firing else 'back under'} the {say_share(thr)} {severity} level"
+        text = (f"{say_share(v)} of calls redirected to other services {win} {where}, {cmp} "
+                f"({obs.detail[0] if obs.detail else 0} of {plural(obs.sample, 'call')})")
+    elif m is Metric.HEAR_AND_TREAT_SHARE:
+        level = next(lv for lv in rule.levels if lv.severity == severity)
+        band = f"{say_share(level.low)}-{say_share(level.high)}"
+        cmp = (f"{'below' if thr == level.low else 'above'} the {band} band" if firing
+               else f"back within the {band} band")
+        text = (f"Hear-and-treat {say_share(v)} of calls {win} {where}, {cmp} "
+                f"({obs.detail[0] if obs.detail else 0} of {plural(obs.sample, 'call')})")
+    elif m is Metric.C1_REDIRECTED:
+        limit = "any is flagged" if thr == 0 else f"{severity} above {int(thr)}"
+        text = (f"{plural(int(v), 'C1 call')} redirected to other services {win} {where} ({limit})"
+                if firing else f"C1 calls redirected to other services {win} {where} down to "
+                f"{int(v)} ({limit})")
+    elif m is Metric.CALLS_WAITING:
+        cmp = f"{'above' if firing else 'back under'} the {severity} level of {int(thr)}"
+        longest = obs.detail[0] / 1000.0 if obs.detail else 0.0
+        text = (f"{plural(int(v), cat + ' call')} waiting for a crew {where}, {cmp} "
+                f"(longest wait {say_duration(longest)})")
+    elif m is Metric.LONGEST_WAIT:
+        cmp = f"{'past' if firing else 'back under'} the {say_duration(thr)} {severity} limit"
+        text = (f"Longest {cat} wait for a crew {say_duration(v)} {where}, {cmp} "
+                f"({plural(obs.detail[0] if obs.detail else 0, cat + ' call')} waiting)")
+    else:
+        last = obs.detail[0] if obs.detail else None
+        when = (datetime.fromtimestamp(last / 1000.0, ev.tz).strftime("%H:%M %Z, %d %b")
+                if last is not None else "never")
+        source = "any trust" if trust == "*" else trust
+        others = "" if trust == "*" else " while other trusts' calls kept arriving"
+        text = (f"No calls received from {source} for {say_duration(v)}{others} (last at "
+                f"{when}); check the feed" if firing else
+                f"Calls from {source} are arriving again (last at {when})")
+    return text[0].upper() + text[1:] + "."
+
+
+def test_summaries_match_the_plain_wording():
+    """`summary` builds each sentence from words cached per alert, status and level; on
+    random values of every metric, trust, severity and status it says what the plain
+    wording says (and what it said before, for the same alert)."""
+    from streams.rules import AlertState, Observation
+    doc = {"alerts": {"rules": {**BATCH_RULES["alerts"]["rules"],
+                                "day": {"metric": "response_mean", "category": "C1",
+                                        "warning": "7m", "window": "day"},
+                                "c1w": {"metric": "calls_waiting", "category": "C1",
+                                        "warning": 3}},
+                      "include_defaults": True}}
+    rules = load_rules(doc, SETTINGS)
+    ev = AlertEvaluator(rules, SETTINGS)
+    rng = np.random.default_rng(8)
+    checked = 0
+    for rule in rules:
+        for trust in ("LAS", "*"):
+            for level in rule.levels:
+                labels = ev._labels(rule, trust, level.severity)
+                for _ in range(40):
+                    thr = level.high if level.low is None or rng.random() < 0.5 else level.low
+                    v = float(rng.choice([rng.uniform(0, 2) * (thr or 1), rng.integers(0, 40)]))
+                    n = int(rng.integers(0, 500))
+                    detail = () if rng.random() < 0.1 else (int(rng.integers(0, 10**7)),)
+                    rec = {"date": f"2026-01-{rng.integers(1, 29):02d}"} \
+                        if rng.random() < 0.7 else None
+                    st = AlertState(fingerprint(labels), labels, "firing", 0, threshold=thr,
+                                    value=v, obs=Observation(v, n, detail, rec))
+                    for status in ("firing", "resolved"):
+                        assert ev.summary(rule, st, status) == plain_summary(ev, rule, st, status)
+                        checked += 1
+    assert checked > 1000
+
+
+def plain_next_stops(values, scale, times, watch, pos, todo):
+    """`next_stops` written as a plain scan, key by key: (stop, broke, began, the time a run
+    still under way at the stop began) per key."""
+    out = {}
+    n_levels = (watch.shape[1] - 3) // 4
+    for k in todo:
+        low, high, until = watch[k, :3]
+        runs = [list(watch[k, 3 + 4 * lv: 7 + 4 * lv]) for lv in range(n_levels)]
+        since = [r[3] if r[3] != -np.inf else None for r in runs]
+        at_start = [s is not None for s in since]
+        broke, began = [-1] * n_levels, [-1] * n_levels
+        x = pos[k] + 1
+        while x < values.shape[1]:
+            v = values[k, x]
+            if not np.isnan(v):
+                s = scale[k, x] if scale.shape[0] else 1.0
+                t = times[x]
+                if not low * s < v <= high * s or t >= until:
+                    break
+                inside = [(v > lvl * s if d > 0 else v <= lvl * s) if d else False
+                          for d, lvl, _, _ in runs]
+                if any(inside[lv] and (since[lv] is None and runs[lv][2] <= 0 or
+                                       since[lv] is not None and t - since[lv] >= runs[lv][2])
+                       for lv in range(n_levels)):
+                    break
+                for lv in range(n_levels):
+                    if inside[lv] and since[lv] is None:
+                        since[lv], at_start[lv], began[lv] = t, False, x
+                    elif not inside[lv] and since[lv] is not None and runs[lv][0]:
+                        if at_start[lv]:
+                            broke[lv], at_start[lv] = x, False
+                        since[lv], began[lv] = None, -1
+            x += 1
+        # at a stop, a run begun since and still under way there is a step within x's pass,
+        # at the time it began
+        within = [None] * n_levels
+        if x < values.shape[1]:
+            v, s = values[k, x], (scale[k, x] if scale.shape[0] else 1.0)
+            for lv, (d, lvl, _, _) in enumerate(runs):
+                if began[lv] >= 0 and (v > lvl * s if d > 0 else v <= lvl * s):
+                    within[lv], began[lv] = times[began[lv]], -1
+        out[k] = (x, broke, began, within)
+    return out
+
+
+@hsettings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+@given(seed=st.integers(0, 2**32 - 1), n_levels=st.integers(1, 2), scaled=st.booleans())
+def test_next_stops_matches_a_plain_scan(seed, n_levels, scaled):
+    from streams.fast.alerts import (MARK_HEAD, MARK_LEVEL, MARK_REPLAY, MARK_WITHIN,
+                                     NO_START, next_stops)
+    rng = np.random.default_rng(seed)
+    n_keys, m = 5, int(rng.integers(1, 60))
+    values = np.round(rng.uniform(0, 10, (n_keys, m)), 1)
+    values[rng.random((n_keys, m)) < 0.2] = np.nan
+    scale = rng.choice([1.0, 1.5], (n_keys, m)) if scaled else np.zeros((0, 0))
+    times = np.cumsum(rng.integers(1, 4, m)) * 60_000
+    watch = np.zeros((n_keys, 3 + 4 * n_levels))
+    for k in range(n_keys):
+        watch[k, :3] = (rng.choice([-np.inf, 1.0]), rng.choice([np.inf, 9.0]),
+                        rng.choice([np.inf, float(times[-1] // 2)]))
+        for lv in range(n_levels):
+            d = int(rng.integers(-1, 2))
+            since = float(rng.choice([-np.inf, 0.0]))
+            watch[k, 3 + 4 * lv: 7 + 4 * lv] = (d, rng.uniform(2, 8),
+                                                 float(rng.integers(0, 4) * 60_000),
+                                                 since if d else -np.inf)
+    pos = rng.integers(-1, max(m - 1, 0), n_keys).astype(np.int64)
+    todo = np.arange(n_keys, dtype=np.int64)
+    want = plain_next_stops(values, scale, times, watch, pos, todo)
+    marks = np.empty((n_keys, MARK_HEAD + MARK_LEVEL * n_levels), np.int64)
+    hit_marks = np.empty_like(marks)
+    hits, tails = np.empty(n_keys, np.int64), np.empty(n_keys, np.int64)
+    if seed % 2:        # the rows handed in fresh, the keys to do in the hits' own buffer
+        hits[:] = todo
+        kernel_watch, fresh, todo = np.full_like(watch, np.nan), watch[hits], hits
+    else:
+        kernel_watch, fresh = watch.copy(), np.zeros((0, 0))
+    n_hits, n_tails = next_stops(values, scale, times, kernel_watch, fresh, pos.copy(), todo,
+                                 marks, hits, hit_marks, tails)
+    assert (kernel_watch == watch).all()
+    assert (hit_marks[:n_hits] == marks[hits[:n_hits]]).all()
+    for k in range(n_keys):
+        x, broke, began, within = want[k]
+        assert marks[k, 0] == x
+        levels = marks[k, MARK_HEAD:].reshape(n_levels, MARK_LEVEL)
+        assert list(levels[:, 0]) == broke and list(levels[:, 1]) == began
+        assert list(levels[:, 2]) == [NO_START if t is None else t for t in within]
+        todo_before = (MARK_REPLAY if max(broke + began) >= 0 else 0) \
+            | (MARK_WITHIN if any(t is not None for t in within) else 0)
+        assert marks[k, 1] == todo_before
+    assert sorted(hits[:n_hits]) == [k for k in range(n_keys) if want[k][0] < m]
+    assert sorted(tails[:n_tails]) == [k for k in range(n_keys) if want[k][0] >= m and
+                                       max(want[k][1] + want[k][2]) >= 0]

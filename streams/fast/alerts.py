@@ -43,13 +43,14 @@ class WaitingSweep:
         """(calls waiting, longest wait ms), each [category, trust, boundary] (categories C1..C4;
         trust index n_trusts: all trusts, the sum of calls and the longest wait), for
         boundaries j0..j1-1 (in order, each run continuing where the last one stopped)."""
-        shape = (j1 - j0, 4, self.n_keys // 4 + 1)      # written boundary by boundary
+        # rows one cache line longer than the boundaries: the sweep writes a column at a
+        # time, and rows of 2**k boundaries would all fall into the same cache sets
+        shape = (4, self.n_keys // 4 + 1, j1 - j0 + 8)
         waiting = np.zeros(shape, np.int64)
         longest = np.zeros(shape, np.int64)
         _waiting_sweep(self.IV, self.closing, ends, j0, j1, self.state, self.q_start,
                        self.q_close, self.head, self.tail, self.count, waiting, longest)
-        return (np.ascontiguousarray(waiting.transpose(1, 2, 0)),
-                np.ascontiguousarray(longest.transpose(1, 2, 0)))
+        return waiting[:, :, :j1 - j0], longest[:, :, :j1 - j0]
 
 
 @njit(cache=True, nogil=True)
@@ -84,7 +85,7 @@ def _waiting_sweep(IV, closing, ends, j0, j1, state, q_start, q_close, head, tai
                    waiting, longest):
     niv = IV.shape[0]
     n_keys = count.shape[0]
-    every = waiting.shape[2] - 1                 # the all-trusts column
+    every = waiting.shape[1] - 1                 # the all-trusts row
     for j in range(j0, j1):
         while state[0] < niv and IV[state[0], 2] <= j:
             i = state[0]
@@ -123,11 +124,11 @@ def _waiting_sweep(IV, closing, ends, j0, j1, state, q_start, q_close, head, tai
             wait = end - q_start[h]
             if wait < 0:
                 wait = 0
-            waiting[x, c, t] = count[k]
-            longest[x, c, t] = wait
-            waiting[x, c, every] += count[k]
-            if wait > longest[x, c, every]:
-                longest[x, c, every] = wait
+            waiting[c, t, x] = count[k]
+            longest[c, t, x] = wait
+            waiting[c, every, x] += count[k]
+            if wait > longest[c, every, x]:
+                longest[c, every, x] = wait
 
 
 @njit(cache=True, nogil=True)
@@ -143,56 +144,137 @@ def last_calls(changes, j0, j1, latest, out):
         out[j - j0, :] = latest
 
 
-#: `run_since` of a run not under way
-NOT_STARTED = np.iinfo(np.int64).min
+@njit(cache=True, nogil=True)
+def gap_columns(last, ends, every, rows, which, idx, level, values, scale):
+    """A data-gap rule's values ([key, boundary]: seconds since the trust's latest call,
+    counted to the latest call of any trust; NaN before its first call or at boundaries not a
+    multiple of `every` ms) and level scales (rows[which[x], t], 1 for all trusts), for the
+    trusts idx (index last.shape[1]: all trusts, whose gap runs to the boundary itself).
+    Returns whether any value is above `level` times its scale (else nothing can fire)."""
+    m, nt = last.shape
+    passes = False
+    for x in range(m):
+        latest = -1
+        for t in range(nt):
+            if last[x, t] > latest:
+                latest = last[x, t]
+        skip = ends[x] % every != 0
+        for k in range(idx.shape[0]):
+            t = idx[k]
+            if t == nt:
+                ts, upto, s = latest, ends[x], 1.0
+            else:
+                ts, upto, s = last[x, t], latest, rows[which[x], t]
+            scale[k, x] = s
+            if ts < 0 or skip:
+                values[k, x] = np.nan
+                continue
+            v = (upto - ts) / 1000.0
+            values[k, x] = v
+            if v > level * s:
+                passes = True
+    return passes
+
+
+#: a watch row's `until` when no timer is due, and a run's `since` when none is under way
+NEVER = np.inf
+NOT_STARTED = -np.inf
+#: a watch row: low, high, until, then per level (direction, level, duration, since)
+WATCH_HEAD, WATCH_LEVEL = 3, 4
+#: a marks row: stop, what to do before it, then per level (broke, began: points; the time
+#: it began when the run is still under way at the stop, NO_START: none)
+MARK_HEAD, MARK_LEVEL = 2, 3
+MARK_REPLAY, MARK_WITHIN = 1, 2
+NO_START = np.iinfo(np.int64).min
 
 
 @njit(cache=True, nogil=True)
-def next_stops(values, scale, times, low, high, until, run_dir, run_level, run_for, run_since,
-               pos, todo, stop, broke, began, replay, hits, tails):
-    """For each key k in `todo`: the first point x after pos[k] where something about its
-    alerts can change (`streams.rules.AlertEvaluator._watch` says what); the number of
-    points when there is none. Points without a value (NaN) are not evaluations and skipped.
+def next_stops(values, scale, times, watch, fresh, pos, todo, marks, hits, hit_marks, tails):
+    """For each key k = todo[i]: the first point x after pos[k] where something about its
+    alerts can change (`streams.rules.AlertEvaluator._watch` says what, in watch[k], which
+    fresh[i] replaces first when `fresh` has rows); the number of points when there is none.
+    Points without a value (NaN) are not evaluations and are skipped.
 
-    A change comes when the value leaves (low[k] * s, high[k] * s] (s = scale[k, x]), when
-    the time reaches until[k], or when a run of level l (values above run_level[k, l] * s
-    for run_dir 1, at or below it for -1) has lasted run_for[k, l] ms; a run under way at
-    the start began at run_since[k, l]. Runs that end sooner leave no trace (a pending alert
-    dropped, a resolving one firing again), except that the state before x must show where
-    the first run broke and where the last one began: broke[k, l] and began[k, l] (points,
-    -1 for none) are where to replay the level before evaluating x (replay[k] says whether
-    there is any). Returns (n, r): hits[:n] are the keys that stop, tails[:r] those that
-    do not but have runs under way at the end to replay. pos[k] moves to the stop."""
+    watch[k] = low, high, until, then per level l: direction, level, duration, since. A
+    change comes when the value leaves (low * s, high * s] (s = scale[k, x], or 1 when
+    `scale` has no rows), when the time reaches until, or when a run of level l (values
+    above level * s for direction 1, at or below it for -1) has lasted `duration` ms; a run
+    under way at the start began at `since` (-inf: none). Runs that end sooner leave no
+    trace (a pending alert dropped, a resolving one firing again), except that the state
+    before x must show where the first run broke and where the last one began.
+
+    marks[k] = stop, what to do before it (MARK_REPLAY | MARK_WITHIN, 0: nothing), then
+    per level (MARK_LEVEL numbers): the point where its first run broke, the point where its
+    last run began when that run is over by x (both to replay before the evaluation at x;
+    -1: none), and the time it began when it is still under way at x (a step within x's
+    own pass: `AlertEvaluator._apply_trust`'s `began`; NO_START: none).
+
+    Returns (n, r): hits[:n] are the keys that stop (their marks also in hit_marks[:n]),
+    tails[:r] those that do not but have runs under way at the end to replay (their runs'
+    starts in the second column). pos[k] moves to the stop. `todo` may be a view of `hits`
+    (each key is read before its slot is written). Times are ms: int64 `times`, float64 in
+    the watch rows (exact below 2**53)."""
     m = values.shape[1]
-    n_levels = run_dir.shape[1]
+    n_levels = (watch.shape[1] - WATCH_HEAD) // WATCH_LEVEL
+    scaled = scale.shape[0] > 0                 # no rows: every scale is 1
+    s = 1.0
     started = np.zeros(n_levels, np.bool_)
-    start_t = np.zeros(n_levels, np.int64)
+    start_t = np.zeros(n_levels, np.float64)
     first = np.zeros(n_levels, np.bool_)        # the run under way is the one at the start
     inside = np.zeros(n_levels, np.bool_)
-    dirs = np.zeros(n_levels, np.int64)
+    dirs = np.zeros(n_levels, np.float64)
     levels = np.zeros(n_levels, np.float64)
-    fors = np.zeros(n_levels, np.int64)
+    fors = np.zeros(n_levels, np.float64)
     n_hits = 0
     n_tails = 0
+    renew = fresh.shape[0] > 0
     for i in range(todo.shape[0]):
         k = todo[i]
-        a = low[k]
-        b = high[k]
-        u = until[k]
+        if renew:
+            watch[k, :] = fresh[i, :]
+        a = watch[k, 0]
+        b = watch[k, 1]
+        u = watch[k, 2]
         for lv in range(n_levels):
-            dirs[lv] = run_dir[k, lv]
-            levels[lv] = run_level[k, lv]
-            fors[lv] = run_for[k, lv]
-            started[lv] = run_since[k, lv] != NOT_STARTED
-            start_t[lv] = run_since[k, lv]
+            c = WATCH_HEAD + WATCH_LEVEL * lv
+            dirs[lv] = watch[k, c]
+            levels[lv] = watch[k, c + 1]
+            fors[lv] = watch[k, c + 2]
+            start_t[lv] = watch[k, c + 3]
+            started[lv] = start_t[lv] != NOT_STARTED
             first[lv] = started[lv]
-            broke[k, lv] = -1
-            began[k, lv] = -1
+            c = MARK_HEAD + MARK_LEVEL * lv
+            marks[k, c] = -1
+            marks[k, c + 1] = -1
+            marks[k, c + 2] = NO_START
+        # while no run is under way (and levels do not scale), values in (floor, ceil]
+        # before `until` change nothing: a tight loop passes over them
+        floor = a
+        ceil = b
+        idle = not scaled
+        for lv in range(n_levels):
+            if dirs[lv] > 0:
+                ceil = min(ceil, levels[lv])
+            elif dirs[lv] < 0:
+                floor = max(floor, levels[lv])
+            if started[lv]:
+                idle = False
+        v = 0.0
         x = pos[k] + 1
         while x < m:
+            if idle:
+                while x < m:
+                    w = values[k, x]
+                    if w == w and (w <= floor or w > ceil or times[x] >= u):
+                        break
+                    x += 1
+                idle = False
+                if x >= m:
+                    break
             v = values[k, x]
             if v == v:
-                s = scale[k, x]
+                if scaled:
+                    s = scale[k, x]
                 t = times[x]
                 if v <= a * s or v > b * s or t >= u:
                     break
@@ -217,22 +299,37 @@ def next_stops(values, scale, times, low, high, until, run_dir, run_level, run_f
                             started[lv] = True
                             start_t[lv] = t
                             first[lv] = False
-                            began[k, lv] = x
+                            marks[k, MARK_HEAD + MARK_LEVEL * lv + 1] = x
                     elif started[lv]:
                         if first[lv]:
-                            broke[k, lv] = x
+                            marks[k, MARK_HEAD + MARK_LEVEL * lv] = x
                             first[lv] = False
                         started[lv] = False
-                        began[k, lv] = -1
+                        marks[k, MARK_HEAD + MARK_LEVEL * lv + 1] = -1
+                if not scaled:
+                    idle = True
+                    for lv in range(n_levels):
+                        if started[lv]:
+                            idle = False
             x += 1
-        stop[k] = x
-        again = False
+        marks[k, 0] = x
+        todo_before = 0
         for lv in range(n_levels):
-            if broke[k, lv] >= 0 or began[k, lv] >= 0:
-                again = True
-        replay[k] = again
+            c = MARK_HEAD + MARK_LEVEL * lv
+            if marks[k, c + 1] >= 0 and x < m:
+                # the value at the stop decides whether the run is still under way
+                th = levels[lv] * s
+                if (v > th) if dirs[lv] > 0 else (v <= th):
+                    marks[k, c + 2] = times[marks[k, c + 1]]
+                    marks[k, c + 1] = -1
+                    todo_before |= MARK_WITHIN
+            if marks[k, c] >= 0 or marks[k, c + 1] >= 0:
+                todo_before |= MARK_REPLAY
+        marks[k, 1] = todo_before
+        again = todo_before & MARK_REPLAY
         if x < m:
             hits[n_hits] = k
+            hit_marks[n_hits, :] = marks[k, :]
             n_hits += 1
             pos[k] = x
         elif again:

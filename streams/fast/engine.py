@@ -600,7 +600,7 @@ class _Emitter:
         kinds = T[:, 1] & 3
         self.totals = [int(np.count_nonzero(kinds == k)) for k in range(3)]
         if self.rules is not None:
-            self.changes = _last_call_changes(T, _MAX_ID - 1)
+            self.changes = _last_call_changes(T, _MAX_ID - 1, nk)
         del kinds
         self.tb, self.tko, self.tlb, self.tla, self.tlko = prepare_totals(
             T, self.ends, self.bucket, nk * 4)
@@ -1159,50 +1159,42 @@ def _tie_runs(order, key):
 
 
 @njit(cache=True, nogil=True)
-def _last_call_changes(T, trust_mask):
+def _last_call_changes(T, trust_mask, nt):
     """(boundary, trust, latest call time) whenever a trust's latest call moves forward,
     collapsed to the last change per trust before each boundary, in first-seen order; from
-    the join's call totals log T (time, boundary << 32 | trust << 2 | kind; kind 0 = call)."""
+    the join's call totals log T (time, boundary << 32 | trust << 2 | kind; kind 0 = call),
+    of trusts 0..nt-1. One pass into room for a change per row (pages never written are
+    never touched), the used rows returned."""
     n = T.shape[0]
-    nt = 0
-    for i in range(n):
-        tr = (T[i, 1] >> 2) & trust_mask
-        if T[i, 1] & 3 == 0 and tr + 1 > nt:
-            nt = tr + 1
-    out = np.zeros((0, 3), np.int64)
+    out = np.empty((max(n, 1), 3), np.int64)
     touched = np.zeros(max(nt, 1), np.int64)   # trusts changed in the current step
-    for fill in range(2):            # count, then write into an array of the right size
-        best = np.full(max(nt, 1), -1, np.int64)
-        slot = np.full(max(nt, 1), -1, np.int64)   # the trust's change in the current step
-        k = 0
-        first = 0                 # first change of the current boundary step
-        step = np.int64(-1)
-        for i in range(n):
-            if T[i, 1] & 3 != 0:
-                continue
-            t0 = T[i, 1] >> 32
-            if t0 != step:
-                step = t0
-                for x in range(k - first):
-                    slot[touched[x]] = -1
-                first = k
-            tr = (T[i, 1] >> 2) & trust_mask
-            ts = T[i, 0]
-            if ts <= best[tr]:
-                continue
-            best[tr] = ts
-            # within one boundary step: keep each trust's last value, in first-update order
-            if slot[tr] >= 0:
-                if fill:
-                    out[slot[tr], 2] = ts
-                continue
-            slot[tr] = k
-            touched[k - first] = tr
-            if fill:
-                out[k, 0] = t0
-                out[k, 1] = tr
-                out[k, 2] = ts
-            k += 1
-        if not fill:
-            out = np.empty((k, 3), np.int64)
-    return out
+    best = np.full(max(nt, 1), -1, np.int64)
+    slot = np.full(max(nt, 1), -1, np.int64)   # the trust's change in the current step
+    k = 0
+    first = 0                 # first change of the current boundary step
+    step = np.int64(-1)
+    for i in range(n):
+        if T[i, 1] & 3 != 0:
+            continue
+        t0 = T[i, 1] >> 32
+        if t0 != step:
+            step = t0
+            for x in range(k - first):
+                slot[touched[x]] = -1
+            first = k
+        tr = (T[i, 1] >> 2) & trust_mask
+        ts = T[i, 0]
+        if ts <= best[tr]:
+            continue
+        best[tr] = ts
+        # within one boundary step: keep each trust's last value, in first-update order
+        if slot[tr] >= 0:
+            out[slot[tr], 2] = ts
+            continue
+        slot[tr] = k
+        touched[k - first] = tr
+        out[k, 0] = t0
+        out[k, 1] = tr
+        out[k, 2] = ts
+        k += 1
+    return out[:k]
