@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from streams.episodes import EpisodeJoin
 from streams.events import DeadLetter, Event
-from streams.processor import _ORDER
+from streams.processor import _ORDER, buffer_event
 from streams.settings import ProcessingSettings
 from streams.windows import CALLS, HEAR_AND_TREAT, REDIRECTED, REDIRECTED_C1
 
@@ -78,12 +78,7 @@ class PartitionJoin:
             self._late_since = True
             self.join.process(ev)
             return
-        start = ts - ts % self.bucket_ms
-        slot = self.slots.get(start)
-        if slot is None:
-            self.slots[start] = [ev]
-        else:
-            slot.append(ev)
+        buffer_event(self.slots, ev, self.bucket_ms)
 
     def reject(self, letter: DeadLetter) -> None:
         self.events += 1

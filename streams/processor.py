@@ -25,6 +25,16 @@ _ORDER = itemgetter(0, 1, 2, 10)   # ts, type, call_id, raw: a total, arrival-fr
 _IDLE_JUMP_MS = 33 * 24 * 3_600_000  # past this much empty event time nothing is retained
 
 
+def buffer_event(slots: dict[int, list[Event]], ev: Event, bucket_ms: int) -> None:
+    """The reorder buffer: an event waits in its bucket until the watermark releases it."""
+    start = ev.ts - ev.ts % bucket_ms
+    slot = slots.get(start)
+    if slot is None:
+        slots[start] = [ev]
+    else:
+        slot.append(ev)
+
+
 class Processor:
     """Event-time processing of one stream of events (all trusts)."""
 
@@ -62,12 +72,7 @@ class Processor:
             self.late_events += 1
             self.join.process(ev)
             return
-        start = ts - ts % self.bucket_ms
-        slot = self.slots.get(start)
-        if slot is None:
-            self.slots[start] = [ev]
-        else:
-            slot.append(ev)
+        buffer_event(self.slots, ev, self.bucket_ms)
         if self.max_ts is None or ts > self.max_ts:
             self.max_ts = ts
             if ts - self.lateness_ms >= frontier + self.bucket_ms:
