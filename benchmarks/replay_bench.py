@@ -18,10 +18,12 @@ runs, which go back to back (in alternating order, against drift), after the log
 read once into the page cache and replayed once untimed (the first full-size runs were the
 slowest); `--repeat N` runs that pair N times and reports the median pair, with every
 pair's share, the share from each variant's best time, and the CPU-time shares. Beside
-them, `rules_share_in_process`: the CPU time of all the rules' own work (the engine's
-set-up and capture for them, their columns, the batch evaluation, writing the alerts)
-over the whole run's, timed inside each run with rules, which no second run's noise
-enters. Both variants use the same (default) processing settings."""
+them, timed inside each run with rules (no second run's noise enters):
+`rules_share_in_process`, the part of the replay's own wall time spent on the rules'
+work in its process (handing segments to the rules' process, or evaluating them itself on
+a small input, waiting for and writing their alerts, capturing what they read); and
+`rules_cpu_share`, the CPU the rules use wherever it runs (that work plus the whole of the
+rules' process, its start-up included) over both processes' CPU. enters. Both variants use the same (default) processing settings."""
 
 from __future__ import annotations
 
@@ -41,35 +43,48 @@ EVENTS_PER_DAY = 87_000
 OUTPUTS = ("summary.json", "stats.jsonl", "dead_letters.jsonl", "alerts.jsonl")
 
 REPLAY = r"""
-import json, sys, time
+import json, resource, sys, time
 from streams.replay import run_offline
 from streams.settings import ProcessingSettings
 engine, rules = sys.argv[3], None
 settings = ProcessingSettings()
-spent = [0.0]
+spent = [0.0, 0.0, 0]          # the rules' wall and CPU seconds in this process; depth
 if sys.argv[4] == "rules":
     from streams.replay import load_settings_and_rules
     settings, rules = load_settings_and_rules(None, None)
-    # the rules' own work, timed inside the run: their columns, the batch evaluation and
-    # writing the alerts (called from it), and the engine's set-up and capture for them
+    # the rules' own work in the replay's process, timed inside the run: starting their
+    # process and handing it the segments (or evaluating them here, on a small input),
+    # waiting for its alerts and writing them, the capture of what they read
     import streams.fast.engine as E
+    import streams.fast.rule_stage as R
     def timed(real):
         def run(*args):
-            t0 = time.process_time()
+            spent[2] += 1
+            t0, c0 = time.perf_counter(), time.process_time()
             try:
                 return real(*args)
             finally:
-                spent[0] += time.process_time() - t0
+                spent[2] -= 1
+                if not spent[2]:            # outermost only
+                    spent[0] += time.perf_counter() - t0
+                    spent[1] += time.process_time() - c0
         return run
-    E._RuleColumns.evaluate = timed(E._RuleColumns.evaluate)
+    for cls, names in ((R.RulesProcess, ("__init__", "submit", "finish")),
+                       (R.InlineRules, ("__init__", "submit")),
+                       (E._Capture, ("slots",))):
+        for name in names:
+            setattr(cls, name, timed(getattr(cls, name)))
+    E._Capture.keeping = classmethod(timed(E._Capture.keeping.__func__))
     E._last_call_changes = timed(E._last_call_changes)
-    E._RuleColumns.__init__ = timed(E._RuleColumns.__init__)
-    E._RuleColumns.capture = timed(E._RuleColumns.capture)
 t, cpu = time.perf_counter(), time.process_time()
 s = run_offline([sys.argv[1]], sys.argv[2], settings, rules, progress=False, engine=engine)
 el, cpu = time.perf_counter() - t, time.process_time() - cpu
+child = resource.getrusage(resource.RUSAGE_CHILDREN)   # the rules' process, once it is done
 hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")][0]
-print(json.dumps({"seconds": el, "cpu_seconds": cpu, "rules_cpu_seconds": spent[0],
+print(json.dumps({"seconds": el, "cpu_seconds": cpu, "rules_seconds": spent[0],
+                  "rules_cpu_seconds": spent[1],
+                  "child_cpu_seconds": child.ru_utime + child.ru_stime,
+                  "child_peak_rss_mb": child.ru_maxrss / 1024,
                   "peak_rss_mb": hwm / 1024, "summary": s}))
 """
 
@@ -241,22 +256,35 @@ def main() -> None:
                  if "error" not in a and "error" not in b]
         if pairs:
             each = [share(a["seconds"], b["seconds"]) for a, b in pairs]
-            inside = [round(b["rules_cpu_seconds"] / b["cpu_seconds"], 4) for _, b in pairs]
+            # timed inside each run with rules (no second run's noise in it): the part of
+            # the replay's own time spent on the rules, waiting for them included
+            inside = [round(b["rules_seconds"] / b["seconds"], 4) for _, b in pairs]
+            # and the CPU they use, wherever it runs: their work in the replay's process plus
+            # their process's (its start-up included), over both processes' CPU
+            cpu_share = [round((b["rules_cpu_seconds"] + b["child_cpu_seconds"])
+                               / (b["cpu_seconds"] + b["child_cpu_seconds"]), 4)
+                         for _, b in pairs]
             # the median pair: one run that another job slowed (or sped up, by slowing its
             # partner) does not decide it
             result["rules_share"] = statistics.median(each)
             result["rules_share_each_pair"] = each
             result["rules_share_best_times"] = share(ours["seconds"], with_rules["seconds"])
-            result["rules_share_cpu_each_pair"] = [share(a["cpu_seconds"], b["cpu_seconds"])
-                                                   for a, b in pairs]
-            # timed inside each run with rules (no second run's noise in it)
+            result["rules_share_cpu_each_pair"] = [
+                share(a["cpu_seconds"], b["cpu_seconds"] + b["child_cpu_seconds"])
+                for a, b in pairs]
             result["rules_share_in_process"] = inside
             result["rules_share_in_process_median"] = statistics.median(inside)
+            result["rules_cpu_share"] = cpu_share
+            result["rules_cpu_share_median"] = statistics.median(cpu_share)
+            result["rules_process_peak_rss_mb"] = max(round(b["child_peak_rss_mb"], 1)
+                                                      for _, b in pairs)
             result["runs_seconds_cpu"] = {
                 "columnar": [[round(a["seconds"], 2), round(a["cpu_seconds"], 2)]
                              for a, _ in pairs],
-                "with_rules": [[round(b["seconds"], 2), round(b["cpu_seconds"], 2),
-                                round(b["rules_cpu_seconds"], 2)] for _, b in pairs]}
+                "with_rules (s, cpu, rules s, rules cpu, rules process cpu)": [
+                    [round(b["seconds"], 2), round(b["cpu_seconds"], 2),
+                     round(b["rules_seconds"], 2), round(b["rules_cpu_seconds"], 2),
+                     round(b["child_cpu_seconds"], 2)] for _, b in pairs]}
             result["outputs_identical_with_rules"] = all(
                 filecmp.cmp(work / "columnar" / f, work / "columnar-rules" / f, shallow=False)
                 for f in ("stats.jsonl", "dead_letters.jsonl"))

@@ -31,8 +31,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
+from streams.childproc import die_with_parent as _die_with_parent
 from streams.errors import CallstreamError
 
 #: Tried in order: the first one Maven Central can resolve is used.
@@ -276,16 +278,6 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def _set_parent_death_signal() -> None:  # pragma: no cover - runs in the child
-    """Linux: have the kernel SIGTERM the broker when the process that started it dies."""
-    try:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
 class LocalBroker:
     """One single-node KRaft Kafka whose state lives in ``home``.
 
@@ -409,7 +401,7 @@ class LocalBroker:
             self._proc = subprocess.Popen(
                 cmd, cwd=self.home, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_set_parent_death_signal if die_with_parent else None)
+                preexec_fn=partial(_die_with_parent, signal.SIGTERM) if die_with_parent else None)
         pid = self._proc.pid
         self.pid_file.write_text(f"{pid}\n")
         state = {"pid": pid, "bootstrap": self.bootstrap, "controller_port": self.controller_port,

@@ -54,6 +54,7 @@ from typing import Callable, NamedTuple
 import orjson
 
 from streams.aggregate import CollectingOutputs, PartitionMerge
+from streams.childproc import die_with_parent
 from streams.events import DeadLetter, Event, decode
 from streams.partition import PartitionJoin, PartitionReport, make_report
 from streams.settings import ProcessingSettings
@@ -837,24 +838,13 @@ _STOP = "stop"
 FACTS_EVERY_S = 0.2
 
 
-def _die_with_parent() -> None:
-    """Linux: the kernel kills this process when the worker dies, even by SIGKILL, so a
-    killed worker leaves no merge behind that still holds the partials partition."""
-    try:
-        import ctypes
-        import signal
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))   # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass                             # elsewhere the closed pipe still stops it
-
-
 def merge_process_main(opts: LiveOptions, rules, conn, loglevel: int) -> None:
     """Entry point of the merge's process (spawned by `MergeProcess`). Signals are the
     worker's to handle: it tells this process to stop (snapshot, leave the group) or dies."""
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _die_with_parent()
+    die_with_parent()
     logging.basicConfig(level=loglevel, format="[%(asctime)s] [%(process)d] [%(levelname)s] "
                                                "%(message)s")
     logging.getLogger("aiokafka").setLevel(max(loglevel, logging.WARNING))

@@ -31,6 +31,11 @@ from streams.settings import ConfigError, ProcessingSettings, load_config_file, 
 _ADVANCE_EVERY = 8192
 
 
+def alert_line(record: dict) -> bytes:
+    """An alert record as one JSON line (the newline from orjson itself: no second copy)."""
+    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+
+
 class FileOutputs:
     """Buffered JSON Lines writers for the replay's output directory."""
 
@@ -48,8 +53,11 @@ class FileOutputs:
         self._stats.write(data)
 
     def alert(self, record: dict) -> None:
-        # the newline from orjson itself: no second copy of each line (months of alerts)
-        self._alerts.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+        self._alerts.write(alert_line(record))
+
+    def alert_lines(self, data: bytes) -> None:
+        """Alert records already serialised (the replay's rules process writes them)."""
+        self._alerts.write(data)
 
     def dead_letter(self, letter: DeadLetter) -> None:
         self._dead.write(letter.to_json() + b"\n")

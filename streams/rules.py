@@ -572,6 +572,18 @@ class AlertEvaluator:
         state["_phrases"] = {}
         return state
 
+    #: what evaluating changes; the rest is configuration and caches derived from it
+    _EVOLVING = ("states", "emitted", "_first_seen", "_call_rate", "_quiet", "_live")
+
+    def evolved(self) -> dict:
+        """The state evaluating has changed, for `adopt` (plain data: it pickles)."""
+        return {name: self.__dict__[name] for name in self._EVOLVING}
+
+    def adopt(self, evolved: dict) -> None:
+        """Take over the state of a copy of this evaluator that went on evaluating elsewhere
+        (the replay's rules process): as if this one had evaluated."""
+        self.__dict__.update(evolved)
+
     # -- the hook ----------------------------------------------------------------------
     def evaluate(self, end: int, records: list[dict], pressure: Callable[[], dict],
                  last_call: dict[str, int], emit: Callable[[dict], None]) -> None:

@@ -32,11 +32,10 @@ from streams.errors import CallstreamError
 from streams.events import Category, DeadLetter, Disposition, Event, EventType, decode
 from streams.fast import join as J
 from streams.fast import scan as S
-from streams.fast.alerts import WaitingSweep, last_calls, window_figures
+from streams.fast.rule_stage import InlineRules, RulesProcess, use_process
 from streams.fast.windows import (prepare_responses, prepare_totals, pressure_sweep,
                                   record_buffers, window_aggregates, window_records)
 from streams.processor import CategoryTotals, CollectingOutputs
-from streams.rules import BoundaryBatch, ClosedWindows
 from streams.settings import HOUR_MS, ProcessingSettings
 from streams.sketch import _mapping
 from streams.timefmt import format_ts, local_date, local_day_start, local_month_start
@@ -178,8 +177,12 @@ class ColumnarReplay:
 
     def __init__(self, settings: ProcessingSettings, outputs=None, rules=None,
                  progress: Callable[[int, int], None] | None = None,
-                 text_records: bool = True) -> None:
+                 text_records: bool = True, rules_process: bool | None = None) -> None:
+        """`rules_process`: evaluate batch-form rules in a second process (True), in this
+        one (False), or by the input's size (None: `rule_stage.use_process`)."""
         self.settings = settings
+        self.rules_process = rules_process
+        self.n_events = 0
         self.text_records = text_records   # False: every window record through dicts
         self.outputs = outputs if outputs is not None else CollectingOutputs()
         self.rules = rules
@@ -472,7 +475,7 @@ class ColumnarReplay:
     def _run(self) -> dict:
         st = self.settings
         cols = self.cols
-        n = cols.n
+        n = self.n_events = cols.n
         self.calls.release_table()
         order, rr_idx, rr_val = self._order()
         caps = {str(k): v for k, v in st.arp_cap_ms.items()}
@@ -747,16 +750,32 @@ class _Emitter:
         """Write stats, dead letters and alerts in the reference's order, boundary by
         boundary, calling the rules where the reference calls them. Rules that take the
         batch form (`AlertEvaluator.evaluate_batch`) get each segment's boundaries at once
-        as columns (`_RuleColumns`); any other hook is called boundary by boundary."""
-        outputs = self.outputs
+        as columns (`streams.fast.rule_stage`: in process, or in a second one on a large
+        replay); any other hook is called boundary by boundary."""
         rules = self.rules
+        n_rule = int(self.state[J.S_NEND]) if rules is not None else 0
+        if rules is None or not hasattr(rules, "evaluate_batch"):
+            self._emit(letters, letter_tags, rules, n_rule)
+            return
+        args = (rules, self.IV, self.changes, self.ends, self.trust_names, n_rule)
+        stage = RulesProcess(*args, self._write_alerts) \
+            if hasattr(rules, "adopt") \
+            and use_process(self.replay.n_events, self.replay.rules_process) \
+            else InlineRules(*args, self._emit_alert)
+        try:
+            # no per-boundary calls: the stage takes the segments
+            self._emit(letters, letter_tags, None, 0, stage, n_rule, rules.windows_read)
+            stage.finish()
+        finally:
+            stage.close()
+
+    def _emit(self, letters: list[DeadLetter], letter_tags: np.ndarray, rules, n_rule: int,
+              stage=None, n_batch: int = 0, windows_read: frozenset = frozenset()) -> None:
+        """`emit`'s loop: `rules` called at each boundary below `n_rule`, or `stage` given
+        each segment with the closes of `windows_read` below `n_batch` captured."""
+        outputs = self.outputs
         ends = self.ends
         nb = len(ends)
-        n_rule = int(self.state[J.S_NEND]) if rules is not None else 0
-        columns = _RuleColumns(self, rules, n_rule) \
-            if rules is not None and hasattr(rules, "evaluate_batch") else None
-        if columns is not None:
-            rules, n_rule = None, 0        # no per-boundary calls
         tags = letter_tags.tolist()
         dl = 0
         nl = len(letters)
@@ -787,7 +806,8 @@ class _Emitter:
             prows = pressure_sweep(IV, to_order, self.KC, ends, need, j0, j1, sweep_state,
                                    active, pos, created, n_keys)
             pj = prows[:, 0]
-            capture = columns.capture(closes) if columns is not None else None
+            capture = _Capture.keeping(closes, n_batch, windows_read, self.n_trusts) \
+                if stage is not None else None
             texts = self._texts(closes, prows, pj, capture)
             ci = 0
             ncl = len(closes)
@@ -827,8 +847,8 @@ class _Emitter:
                     rules.evaluate(end_ms[x], records if records is not None else [],
                                    _Pressure(prows, lo[x], hi[x], key_objs), last_call,
                                    self._emit_alert)
-            if columns is not None:
-                columns.evaluate(j0, j1, closes, capture)
+            if stage is not None:
+                stage.submit(j0, j1, *capture.slots(closes))
         while dl < nl:
             dead_letter(letters[dl])
             dl += 1
@@ -836,6 +856,16 @@ class _Emitter:
     def _emit_alert(self, record: dict) -> None:
         self.alert_records += 1
         self.outputs.alert(record)
+
+    def _write_alerts(self, lines: bytes, count: int) -> None:
+        """Alert records already serialised (`alert_line`), from the rules' process."""
+        self.alert_records += count
+        alert_lines = getattr(self.outputs, "alert_lines", None)
+        if alert_lines is not None:
+            alert_lines(lines)
+        else:
+            for line in lines.splitlines():
+                self.outputs.alert(orjson.loads(line))
 
     def _texts(self, closes: list, prows: np.ndarray, pj: np.ndarray, capture=None) -> list:
         """(JSON Lines bytes, record count) of each close; with a `_Capture`, the closes it
@@ -996,76 +1026,21 @@ class _Capture:
     def none(cls, n_closes: int, n_trusts: int) -> "_Capture":
         return cls(np.full(n_closes, -1, np.int64), n_trusts)
 
-
-class _RuleColumns:
-    """The rules part of the columnar replay: per segment of boundaries, what the rules read
-    (calls waiting and longest waits, each trust's latest call, the figures of the windows
-    they read) as a `streams.rules.BoundaryBatch` for `AlertEvaluator.evaluate_batch`."""
-
-    def __init__(self, emitter: "_Emitter", rules, n_rule: int) -> None:
-        self.emitter = emitter
-        self.rules = rules
-        self.n_rule = n_rule
-        self.windows = rules.windows_read
-        nt = emitter.n_trusts
-        self.sweep = WaitingSweep(emitter.IV, nt * 4)
-        self.changes = np.ascontiguousarray(emitter.changes)
-        self.latest = np.full(nt, -1, np.int64)
-        self.trusts = tuple(emitter.trust_names)
-
-    def capture(self, closes: list) -> _Capture:
+    @classmethod
+    def keeping(cls, closes: list, n_rule: int, windows: frozenset, n_trusts: int) -> "_Capture":
+        """The closes the rules read: of their windows, at boundaries they evaluate."""
         keep = np.full(len(closes), -1, np.int64)
         slot = 0
         for i, c in enumerate(closes):
-            if c[0] < self.n_rule and c[1] in self.windows:
+            if c[0] < n_rule and c[1] in windows:
                 keep[i] = slot
                 slot += 1
-        return _Capture(keep, self.emitter.n_trusts)
+        return cls(keep, n_trusts)
 
-    def evaluate(self, j0: int, j1: int, closes: list, capture: _Capture) -> None:
-        """Rules at boundaries j0..j1-1 (those before the drain, where the reference calls
-        them)."""
-        j1 = min(j1, self.n_rule)
-        if j0 >= j1:
-            return
-        em = self.emitter
-        nt = em.n_trusts
-        waiting, longest = self.sweep.run(em.ends, j0, j1)
-        last = np.empty((j1 - j0, nt), np.int64)
-        last_calls(self.changes, j0, j1, self.latest, last)
-        self.rules.evaluate_batch(BoundaryBatch(
-            em.ends[j0:j1], self.trusts, waiting, longest, last,
-            self._closed_windows(j0, closes, capture, waiting)), em._emit_alert)
-
-    def _closed_windows(self, j0: int, closes: list, capture: _Capture,
-                        waiting: np.ndarray) -> dict[str, ClosedWindows]:
-        nt = self.emitter.n_trusts
-        slots = [(c, int(s)) for c, s in zip(closes, capture.keep.tolist()) if s >= 0]
-        if not slots:
-            return {}
-        agg, tot = capture.agg, capture.tot
-        mean_s = np.empty(agg.shape[:3])
-        p90_s = np.empty(agg.shape[:3])
-        if window_figures(agg, capture.quant, mean_s, p90_s):
-            for s, t, c in zip(*np.nonzero(mean_s == -np.inf)):
-                n, total = int(agg[s, t, c, 0]), int(agg[s, t, c, 1])
-                mean_s[s, t, c] = round(total / n / 1000.0, 3)
-                p90_s[s, t, c] = round(float(capture.quant[s, t, c, 1]), 3)
-        has = (tot[:, :, 5] != 0) | (tot[:, :, 4] > 0)
-        at_all = np.array([c[0] - j0 for c, _ in slots], np.int64)
-        # the all-trusts totals record exists once any trust has a record (waiting counts)
-        has[:, nt] = agg[:, :nt, :, 0].any(axis=(1, 2)) | (tot[:, :nt, 5] != 0).any(axis=1) \
-            | (waiting[:, nt, at_all] > 0).any(axis=0)
-        out = {}
-        for name in self.windows:
-            sel = [s for c, s in slots if c[1] == name]
-            if not sel:
-                continue
-            sel_a = np.array(sel, np.int64)
-            out[name] = ClosedWindows(
-                at_all[sel_a], tuple(slots[s][0][4] for s in sel), agg[sel_a, :, :, 0],
-                mean_s[sel_a], p90_s[sel_a], tot[sel_a, :, :4], has[sel_a])
-        return out
+    def slots(self, closes: list) -> tuple:
+        """(boundary, window, date) of each slot, and the slots' aggregates."""
+        kept = [(c[0], c[1], c[4]) for c, s in zip(closes, self.keep.tolist()) if s >= 0]
+        return kept, self.agg, self.quant, self.tot
 
 
 _fmt_cache: dict[int, str] = {}
