@@ -11,7 +11,7 @@ order in which partitions' outcomes arrive within a bucket does not change any o
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Protocol
+from typing import Callable, Iterable, Protocol
 
 import numpy as np
 
@@ -167,11 +167,11 @@ class WindowTotals:
         }
 
 
-def merged_pressure(end: int, waiting: list[dict]) -> dict[tuple[str, str], tuple[int, int]]:
-    """Pressure at `end` from several joins' waiting states ((trust, category) -> (calls
-    waiting, earliest clock start)): counts add up, the longest wait is the earliest start's."""
+def merged_waiting(waiting: list[dict]) -> dict[tuple[str, str], tuple[int, int]]:
+    """Several joins' waiting states ((trust, category) -> (calls waiting, earliest clock
+    start)) as one: counts add up, the earliest start is kept (keys sorted)."""
     if len(waiting) == 1:
-        return {k: (n, end - s if end > s else 0) for k, (n, s) in waiting[0].items()}
+        return dict(sorted(waiting[0].items()))
     acc: dict[tuple[str, str], list[int]] = {}
     for state in waiting:
         for k, (n, s) in state.items():
@@ -182,7 +182,29 @@ def merged_pressure(end: int, waiting: list[dict]) -> dict[tuple[str, str], tupl
                 a[0] += n
                 if s < a[1]:
                     a[1] = s
-    return {k: (n, end - s if end > s else 0) for k, (n, s) in sorted(acc.items())}
+    return {k: (n, s) for k, (n, s) in sorted(acc.items())}
+
+
+def pressure_at(end: int, waiting: dict) -> dict[tuple[str, str], tuple[int, int]]:
+    """Pressure at `end` from a (merged) waiting state: (calls waiting, longest wait ms)."""
+    return {k: (n, end - s if end > s else 0) for k, (n, s) in waiting.items()}
+
+
+def apply_waiting(state: dict, outcome) -> Iterable:
+    """Bring a partition's waiting state (as the merge holds it) up to a
+    `streams.partition.BucketOutcome`, in place; returns the keys that changed."""
+    change = outcome.waiting
+    if not outcome.waiting_delta:
+        keys = set(state) | set(change)
+        state.clear()
+        state.update(change)
+        return keys
+    for k, v in change.items():
+        if v is None:
+            state.pop(k, None)
+        else:
+            state[k] = v
+    return change.keys()
 
 
 _IDLE_JUMP_MS = 33 * 24 * 3_600_000  # as the Processor: past this much empty time, skip
@@ -223,6 +245,51 @@ class PartitionMerge:
         self.parts = [_PartitionState() for _ in range(partitions)]
         self.frontier: int | None = None
         self.last_activity: int | None = None
+        #: the partitions' waiting states merged (`merged_waiting`), kept up to date key by
+        #: key as outcomes change them; None: to be rebuilt (after a restore)
+        self._merged: dict | None = {}
+        self._merged_sorted = True
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_merged"] = None          # derived: redone from the partitions' states
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._merged = None                # (also for snapshots taken before it existed)
+        self._merged_sorted = True
+
+    def _merged_waiting(self) -> dict:
+        """Every partition's waiting state merged, in key order."""
+        if self._merged is None:
+            self._merged = merged_waiting([st.waiting for st in self.parts if st.waiting])
+            self._merged_sorted = True
+        elif not self._merged_sorted:
+            self._merged = dict(sorted(self._merged.items()))
+            self._merged_sorted = True
+        return self._merged
+
+    def _merge_waiting(self, keys: Iterable) -> None:
+        """Redo the merged waiting state's `keys` from the partitions'."""
+        merged = self._merged
+        if merged is None:
+            return                          # rebuilt in full when next read
+        parts = self.parts
+        for k in keys:
+            n, oldest = 0, None
+            for st in parts:
+                v = st.waiting.get(k)
+                if v is not None:
+                    n += v[0]
+                    if oldest is None or v[1] < oldest:
+                        oldest = v[1]
+            if oldest is None:
+                merged.pop(k, None)
+            else:
+                if k not in merged:
+                    self._merged_sorted = False
+                merged[k] = (n, oldest)
 
     @property
     def outputs(self) -> Outputs:
@@ -311,15 +378,14 @@ class PartitionMerge:
                     for trust, cat, stop, ms in b.responses:
                         totals.on_response(trust, cat, stop, ms)
                     if b.waiting is not None:
-                        st.waiting = b.waiting
+                        self._merge_waiting(apply_waiting(st.waiting, b))
             if active:
                 self.last_activity = start
             cache: list = []
 
             def pressure(end=end, cache=cache) -> dict:
                 if not cache:
-                    cache.append(merged_pressure(end, [st.waiting for st in parts
-                                                       if st.waiting]))
+                    cache.append(pressure_at(end, self._merged_waiting()))
                 return cache[0]
 
             totals.close(end, pressure)

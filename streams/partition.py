@@ -26,13 +26,20 @@ Waiting = dict  # (trust, category) -> (calls waiting, earliest clock start ms)
 
 
 class BucketOutcome(NamedTuple):
-    """What one partition's join decided while releasing the bucket that ends at `end`."""
+    """What one partition's join decided while releasing the bucket that ends at `end`.
+
+    The waiting state goes as a change to the last one sent (`waiting_delta`): a handful of
+    keys in a busy minute, where the whole state is every trust and category with calls
+    waiting; it was most of a report's bytes and of the merge's work. Reports from before
+    (whole states) still apply: they unpickle with `waiting_delta` False."""
 
     end: int
     active: bool                                   # the bucket held events
     calls: list[tuple[str, int, int]]              # (trust, ts, total kind) in window order
     responses: list[tuple[str, str, int, int]]     # (trust, category, clock stop, ms)
-    waiting: Waiting | None                        # new waiting state; None: unchanged
+    #: changed keys -> (calls waiting, earliest start), None for a key gone; None: unchanged
+    waiting: Waiting | None
+    waiting_delta: bool = False                    # False: `waiting` is the whole new state
 
 
 class PartitionJoin:
@@ -142,7 +149,8 @@ class PartitionJoin:
             changed = dirty and waiting != self._waiting_sent
             if slot is not None or changed or self._calls or self._responses:
                 out.append(BucketOutcome(end, slot is not None, self._calls, self._responses,
-                                         waiting if changed else None))
+                                         _delta(self._waiting_sent, waiting) if changed
+                                         else None, True))
                 self._calls, self._responses = [], []
                 if changed:
                     self._waiting_sent = waiting
@@ -185,6 +193,16 @@ class PartitionJoin:
 
     def on_dead_letter(self, letter: DeadLetter) -> None:
         self.dead_letters.append(letter)
+
+
+def _delta(old: Waiting, new: Waiting) -> Waiting:
+    """The keys of `new` that differ from `old`, and those gone from it (None)."""
+    delta = {k: v for k, v in new.items() if old.get(k) != v}
+    if len(old) + len(delta) > len(new):           # some key may have gone
+        for k in old:
+            if k not in new:
+                delta[k] = None
+    return delta
 
 
 class PartitionReport(NamedTuple):

@@ -391,7 +391,12 @@ def _k_merge(st, ost):
 
 @njit(cache=True, nogil=True)
 def _k_segment_quantiles(vals, offsets, qs, table, bounds, shift, reps, out):
+    # order statistics by selection (np.partition, each on what is right of the last one),
+    # not a full sort: a 24 h window's segment holds tens of thousands of values
     nseg = offsets.shape[0] - 1
+    order = np.argsort(qs)
+    bits1 = np.empty(1, np.float64)
+    bits1i = bits1.view(np.int64)
     for s in range(nseg):
         a = offsets[s]
         n = offsets[s + 1] - a
@@ -399,27 +404,41 @@ def _k_segment_quantiles(vals, offsets, qs, table, bounds, shift, reps, out):
             for j in range(qs.shape[0]):
                 out[s, j] = np.nan
             continue
-        seg = np.sort(vals[a:a + n])
-        segbits = seg.view(np.int64)
-        mn = seg[0]
-        mx = seg[n - 1]
-        for j in range(qs.shape[0]):
+        work = vals[a:a + n].copy()
+        mn = work[0]
+        mx = work[0]
+        for i in range(1, n):
+            v = work[i]
+            if v < mn:
+                mn = v
+            elif v > mx:
+                mx = v
+        lo = 0                        # work[lo:] is not yet ordered around a found rank
+        last_k = -1
+        for jj in range(order.shape[0]):
+            j = order[jj]
             k = np.int64(np.floor((n - 1) * qs[j]))
             if k <= 0:
                 out[s, j] = mn
-            elif k >= n - 1:
+                continue
+            if k >= n - 1:
                 out[s, j] = mx
+                continue
+            if k != last_k:
+                work[lo:] = np.partition(work[lo:], k - lo)
+                lo = k + 1
+                last_k = k
+            x = work[k]
+            if x == 0.0:
+                out[s, j] = 0.0
             else:
-                x = seg[k]
-                if x == 0.0:
-                    out[s, j] = 0.0
-                else:
-                    bits = segbits[k] & _ABS
-                    p = np.int64(table[bits >> shift])
-                    if x > bounds[p]:
-                        p += 1
-                    v = reps[p]
-                    out[s, j] = mn if v < mn else (mx if v > mx else v)
+                bits1[0] = x
+                bits = bits1i[0] & _ABS
+                p = np.int64(table[bits >> shift])
+                if x > bounds[p]:
+                    p += 1
+                v = reps[p]
+                out[s, j] = mn if v < mn else (mx if v > mx else v)
 
 
 def segment_quantiles(values: np.ndarray, offsets: np.ndarray, qs,

@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from producers.simulate import Disorder, england, generate
-from streams.aggregate import CollectingOutputs, PartitionMerge
+from streams.aggregate import CollectingOutputs, PartitionMerge, apply_waiting
 from streams.events import DeadLetter, Event, decode
 from streams.partition import PartitionJoin, make_report
 from streams.processor import Processor
@@ -53,9 +53,13 @@ def offline(lines: list[bytes], settings, rules):
     return p, out
 
 
-def live(lines: list[bytes], settings, rules, partitions: int, seed: int, restart_every=0):
+def live(lines: list[bytes], settings, rules, partitions: int, seed: int, restart_every=0,
+         merge_restart_every=0, whole_states=False, sizes=None):
     """Feed the log the way the worker sees it: per partition, three sources read in random
-    chunks; reports reach the merge in a random order across partitions."""
+    chunks; reports reach the merge in a random order across partitions. `restart_every` /
+    `merge_restart_every`: the joins / the merge carry on from a pickled snapshot every so
+    many reports; `whole_states`: reports carry whole waiting states, as before deltas;
+    `sizes` collects (waiting keys sent, whole state's keys) per changed outcome."""
     rng = random.Random(seed)
     queues = [[[] for _ in range(3)] for _ in range(partitions)]
     for i, line in enumerate(lines):
@@ -65,6 +69,8 @@ def live(lines: list[bytes], settings, rules, partitions: int, seed: int, restar
     pending: list = []
     out = CollectingOutputs()
     merge = PartitionMerge(settings, out, rules, partitions)
+    held = [{} for _ in range(partitions)]      # each partition's whole waiting state
+    taken = 0
     pos = [[0, 0, 0] for _ in range(partitions)]
     while any(pos[p][s] < len(queues[p][s]) for p in range(partitions) for s in range(3)):
         p = rng.randrange(partitions)
@@ -81,11 +87,17 @@ def live(lines: list[bytes], settings, rules, partitions: int, seed: int, restar
         wm = pj.own_watermark([pos[p][s] >= len(queues[p][s])
                                for s in range(3)])
         seqs[p] += 1
-        pending.append(make_report(pj, seqs[p], tuple(pos[p]), wm, pj.release(wm)))
+        report = make_report(pj, seqs[p], tuple(pos[p]), wm, pj.release(wm))
+        pending.append(as_whole_states(report, held[p], sizes) if whole_states or sizes
+                       is not None else report)
         if restart_every and seqs[p] % restart_every == 0:
             joins[p] = pickle.loads(pickle.dumps(pj))     # a snapshot carries on exactly
         while pending and rng.random() < 0.5:
             merge.take(pending.pop(0))
+            taken += 1
+            if merge_restart_every and taken % merge_restart_every == 0:
+                merge = pickle.loads(pickle.dumps(merge))
+                merge.attach(out)
             limit = rng.choice([None, 1, 3])        # closing in bounded steps changes nothing
             while merge.advance(limit=limit) == limit:
                 pass
@@ -99,6 +111,22 @@ def live(lines: list[bytes], settings, rules, partitions: int, seed: int, restar
         merge.take(make_report(pj, seqs[p], tuple(pos[p]), g, pj.release(g)))
     merge.advance()
     return merge, out
+
+
+def as_whole_states(report, held: dict, sizes: list | None):
+    """`report` as sent before waiting deltas: each changed outcome with the whole state."""
+    buckets = []
+    for b in report.buckets:
+        if b.waiting is not None:
+            assert b.waiting_delta
+            apply_waiting(held, b)
+            if sizes is not None:
+                sizes.append((len(b.waiting), len(held)))
+                buckets.append(b)
+                continue
+            b = b._replace(waiting=dict(held), waiting_delta=False)
+        buckets.append(b)
+    return report._replace(buckets=buckets)
 
 
 @pytest.fixture(scope="module")
@@ -158,3 +186,29 @@ def test_merge_applies_each_report_once_and_in_order(shipped):
     assert merge.take(first) is False                       # a replayed report: ignored
     with pytest.raises(ValueError, match="lost"):
         merge.take(make_report(pj, 3, (0, 0, 0), None, []))  # a gap is never papered over
+
+
+@pytest.mark.parametrize("whole_states, merge_restart_every", [(False, 7), (True, 0),
+                                                               (True, 11)])
+def test_waiting_deltas_whole_states_and_merge_snapshots_give_the_same(
+        shipped, whole_states, merge_restart_every):
+    """Reports carry changes to the waiting state; reports of before (whole states) still
+    apply, and a merge carried on from a snapshot (its merged state rebuilt) too."""
+    settings, _ = shipped
+    lines = scenario_log("winter-surge", 8, days=0.5)
+    _, rules_a = load_settings_and_rules(None, None)
+    _, want = offline(lines, settings, rules_a)
+    _, rules_b = load_settings_and_rules(None, None)
+    _, got = live(lines, settings, rules_b, 4, 8, merge_restart_every=merge_restart_every,
+                  whole_states=whole_states)
+    assert got.stats_records == want.stats_records
+    assert got.alert_records == want.alert_records
+    assert any(r.get("waiting") for r in want.stats_records)
+
+
+def test_waiting_deltas_are_smaller_than_whole_states(shipped):
+    settings, _ = shipped
+    sizes: list = []
+    live(scenario_log("normal", 9, days=0.5), settings, None, 2, 9, sizes=sizes)
+    sent, whole = map(sum, zip(*sizes))
+    assert len(sizes) > 200 and sent < whole / 3, (sent, whole)

@@ -750,3 +750,21 @@ def test_segment_quantiles_equal_a_sketch_per_segment(segments, qs):
         sk = QuantileSketch()
         sk.add_many(np.array(seg))
         assert got[i].tolist() == [sk.quantile(q) for q in qs]
+
+
+def test_segment_quantiles_on_long_segments_with_ties_and_zeros():
+    """Window segments hold tens of thousands of values (a day of a busy trust), with many
+    equal values and zeros: the selection the kernel uses gives the sketch's answers."""
+    from streams.sketch import segment_quantiles
+    rng = np.random.default_rng(7)
+    segments = [np.round(rng.lognormal(6.0, 1.0, 40_000), 0),          # whole seconds: ties
+                np.concatenate([np.zeros(5_000), rng.uniform(0.0, 3.0, 20_000)]),
+                np.full(10_001, 421.5), rng.uniform(1.0, 2.0, 2)]
+    qs = [0.99, 0.5, 0.9, 0.5, 0.0, 1.0, 0.25]
+    values = np.concatenate(segments)
+    offsets = np.cumsum([0] + [len(seg) for seg in segments])
+    got = segment_quantiles(values, offsets, qs)
+    for i, seg in enumerate(segments):
+        sk = QuantileSketch()
+        sk.add_many(seg)
+        assert got[i].tolist() == [sk.quantile(q) for q in qs]
