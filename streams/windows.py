@@ -247,7 +247,12 @@ class WindowStore:
             del self.buckets[s]
         for size, panes in self.panes.items():
             keep = self.retention_ms if size != _CALENDAR_PANE_MS else 26 * HOUR_MS
-            for s in [s for s in panes if s < end - keep]:
+            # panes are made in time order, one per close (`close`), so the oldest come
+            # first: no scan of a day's worth of panes every minute
+            while panes:
+                s = next(iter(panes))
+                if s >= end - keep:
+                    break
                 del panes[s]
 
     # -- records -----------------------------------------------------------------------
