@@ -154,3 +154,15 @@ def test_small_replays_keep_their_rules_in_process(monkeypatch, children):
     assert R.use_process(R.RULES_PROCESS_MIN_EVENTS, None) == (len(os.sched_getaffinity(0)) > 1)
     assert not R.use_process(R.RULES_PROCESS_MIN_EVENTS - 1, None)
     assert R.use_process(10, True) and not R.use_process(10 ** 9, False)
+
+
+def test_without_a_fork_the_rules_run_in_process(monkeypatch, children):
+    def no_fork():
+        raise OSError(12, "Cannot allocate memory")
+    monkeypatch.setattr(R.os, "fork", no_fork)
+    records = lines_records(scenario_lines("major-incident"))
+    here, there = evaluator(), evaluator()
+    _, out_here = replay(records, here, False)
+    _, out_there = replay(records, there, True)
+    assert out_there.alert_records == out_here.alert_records and out_here.alert_records
+    assert there.evolved() == here.evolved()

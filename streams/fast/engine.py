@@ -758,10 +758,15 @@ class _Emitter:
             self._emit(letters, letter_tags, rules, n_rule)
             return
         args = (rules, self.IV, self.changes, self.ends, self.trust_names, n_rule)
-        stage = RulesProcess(*args, self._write_alerts) \
-            if hasattr(rules, "adopt") \
-            and use_process(self.replay.n_events, self.replay.rules_process) \
-            else InlineRules(*args, self._emit_alert)
+        stage = None
+        if hasattr(rules, "adopt") and use_process(self.replay.n_events,
+                                                   self.replay.rules_process):
+            try:
+                stage = RulesProcess(*args, self._write_alerts)
+            except OSError:
+                stage = None            # no fork possible now: the rules run here instead
+        if stage is None:
+            stage = InlineRules(*args, self._emit_alert)
         try:
             # no per-boundary calls: the stage takes the segments
             self._emit(letters, letter_tags, None, 0, stage, n_rule, rules.windows_read)

@@ -142,7 +142,12 @@ class RulesProcess:
     def __init__(self, rules, IV, changes, ends, trust_names, n_rule: int,
                  write_alerts: Callable[[bytes, int], None]) -> None:
         ours, theirs = socket.socketpair()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:                 # (no memory for it, say): the caller stays in process
+            ours.close()
+            theirs.close()
+            raise
         if pid == 0:                                           # the child
             status = 1
             try:
@@ -160,6 +165,7 @@ class RulesProcess:
         self._queue: queue.Queue = queue.Queue(_QUEUED_SEGMENTS)
         self._send_error: BaseException | None = None
         self._finished = False
+        self._written = 0                               # alert records written so far
         self._sender = threading.Thread(target=self._send_all, name="callstream-rules-send",
                                         daemon=True)
         self._sender.start()
@@ -201,6 +207,7 @@ class RulesProcess:
                 self._fail()
             if msg[0] == "alerts":
                 self.write_alerts(msg[1], msg[2])
+                self._written += msg[2]
             elif msg[0] == "final":
                 self.rules.adopt(msg[1])
                 self._finished = True
@@ -220,7 +227,9 @@ class RulesProcess:
         if msg is not None and msg[0] == "error":
             raise CallstreamError(f"the alert rules failed: {msg[1]}")
         raise CallstreamError(f"the alert rules' process exited unexpectedly "
-                              f"({_how(self.exitcode)}); no alerts were written")
+                              f"({_how(self.exitcode)}); " + (
+                                  f"the alerts are incomplete ({self._written} written)"
+                                  if self._written else "no alerts were written"))
 
     def close(self) -> None:
         """Stop the child: it has left after its answer, or is abandoned (a failure, or an
