@@ -10,7 +10,7 @@ while the rules took ~10 % of the run on the first. The child inherits the evalu
 the join's arrays (no imports, no copies) and is sent each segment's captured window
 aggregates (~1-2 MB); it evaluates the segments in order with the same evaluator, so the
 alerts, their order and the evaluator's final state are those of the in-process path
-(`tests/test_columnar.py` checks byte for byte). Small replays, and platforms without
+(`tests/test_rule_stage.py` checks byte for byte). Small replays, and platforms without
 `fork`, keep the rules in process (`InlineRules`)."""
 
 from __future__ import annotations
@@ -275,13 +275,16 @@ def _serve(conn: Connection, columns: RuleColumns) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     die_with_parent()
     lines: list[bytes] = []
-    emit = lines.append
+    add = lines.append
+
+    def emit(record: dict) -> None:
+        add(alert_line(record))
     try:
         while True:
             msg = conn.recv()
             if msg[0] == "done":
                 break
-            columns.evaluate(*msg[1:], lambda record: emit(alert_line(record)))
+            columns.evaluate(*msg[1:], emit)
         for i in range(0, len(lines), _LINES_PER_MESSAGE):
             part = lines[i:i + _LINES_PER_MESSAGE]
             conn.send(("alerts", b"".join(part), len(part)))
