@@ -57,6 +57,26 @@ class Episode:
         self.tc_arrival_ts: int | None = None   # first transport-capable arrival
         self.waiting_key: tuple | None = None   # (trust, category) while waiting for a crew
 
+    def __reduce__(self):
+        # a live join snapshots thousands of open episodes every few seconds: as one call
+        # and plain tuples, pickling is a fraction of the default's cost (a state dict per
+        # slotted object, a Python-level `__getnewargs__` per named tuple)
+        triage, arrival = self.triage, self.arrival
+        return _episode, (self.call_id, self.first_ts, self.trust, self.recv_ts,
+                          self.first_triage_ts, triage and tuple(triage),
+                          arrival and tuple(arrival), self.tc_arrival_ts, self.waiting_key)
+
+
+def _episode(call_id, first_ts, trust, recv_ts, first_triage_ts, triage, arrival,
+             tc_arrival_ts, waiting_key) -> "Episode":
+    ep = Episode.__new__(Episode)
+    ep.call_id, ep.first_ts, ep.trust, ep.recv_ts = call_id, first_ts, trust, recv_ts
+    ep.first_triage_ts = first_triage_ts
+    ep.triage = triage and Event(*triage)
+    ep.arrival = arrival and Event(*arrival)
+    ep.tc_arrival_ts, ep.waiting_key = tc_arrival_ts, waiting_key
+    return ep
+
 
 class PendingC1T:
     """A decided C1 response still waiting for its first transport-capable arrival."""
@@ -89,6 +109,9 @@ class EpisodeJoin:
         #: (trust, category) -> earliest clock start among its waiting calls, when known;
         #: dropped whenever that call leaves, so `pressure` rescans a key only then
         self._oldest: dict[tuple[str, str], int] = {}
+        #: keys whose waiting calls changed since the owner last cleared it (the live
+        #: partition join ships only those)
+        self.waiting_touched: set[tuple[str, str]] = set()
         self.counters = {"duplicates": 0, "after_final": 0, "inconsistent": 0,
                          "c1_without_transport": 0}
         self.incomplete: dict[str, int] = {}
@@ -175,6 +198,7 @@ class EpisodeJoin:
         arrival = ep.arrival
         if arrival is None:
             key = (trust, category)
+            self.waiting_touched.add(key)
             if ep.waiting_key != key:
                 self._stop_waiting(ep)
                 self.waiting.setdefault(key, {})[ep.call_id] = start
@@ -220,6 +244,7 @@ class EpisodeJoin:
 
     def _stop_waiting(self, ep: Episode) -> None:
         if ep.waiting_key is not None:
+            self.waiting_touched.add(ep.waiting_key)
             waiting = self.waiting.get(ep.waiting_key)
             if waiting is not None:
                 start = waiting.pop(ep.call_id, None)

@@ -55,7 +55,8 @@ import orjson
 
 from streams.aggregate import CollectingOutputs, PartitionMerge
 from streams.childproc import die_with_parent
-from streams.events import DeadLetter, Event, decode
+from streams.events import DeadLetter, Event
+from streams.fast.records import RecordDecoder
 from streams.partition import PartitionJoin, PartitionReport, make_report
 from streams.settings import ProcessingSettings
 from streams.topics import TopicNames
@@ -253,17 +254,20 @@ def _stamp(t: int | None) -> int:
     return -1 if t is None else t
 
 
-def feed_chunk(pj: PartitionJoin, chunk: list[list], max_bytes: int) -> None:
+def feed_chunk(pj: PartitionJoin, chunk: list[list], decoder: RecordDecoder) -> None:
     """Decode and feed one chunk of a partition: source 0, 1, 2, each in offset order."""
     partition = pj.partition
+    feed = pj.feed
     for s, msgs in enumerate(chunk):
-        for m in msgs:
-            raw = m.value if m.value is not None else b""
-            r = decode(raw, m.topic, m.offset, max_bytes)
+        if not msgs:
+            continue
+        topic = msgs[0].topic
+        raws = [b"" if m.value is None else m.value for m in msgs]
+        for m, raw, r in zip(msgs, raws, decoder.decode(raws, topic, [m.offset for m in msgs])):
             if type(r) is Event:
-                pj.feed(r, s)
+                feed(r, s)
             else:
-                pj.reject(DeadLetter(r.reason, r.detail, m.topic, m.offset, raw, "offset",
+                pj.reject(DeadLetter(r.reason, r.detail, topic, m.offset, raw, "offset",
                                      partition, m.key))
 
 
@@ -278,7 +282,7 @@ class JoinStage:
         self.consumer = None
         self.sources = list(opts.topics.inputs)
         self.source_index = {t: s for s, t in enumerate(self.sources)}
-        self.max_bytes = opts.settings.max_record_bytes
+        self.decoder = RecordDecoder(opts.settings.max_record_bytes)
         self._lock = asyncio.Lock()
         self._last_commit = 0.0
 
@@ -373,7 +377,7 @@ class JoinStage:
                     i += 1
                 chunk[s] = msgs[taken[s]:i]
                 taken[s] = i
-            feed_chunk(part.join, chunk, self.max_bytes)
+            feed_chunk(part.join, chunk, self.decoder)
             part.join.release(rep.watermark)
             part.join.dead_letters = []          # published with the report already
             part.seq = rep.seq
@@ -517,7 +521,7 @@ class JoinStage:
             for p, part in self.parts.items():
                 chunk = chunks.get(p)
                 if chunk is not None:
-                    feed_chunk(part.join, chunk, self.max_bytes)
+                    feed_chunk(part.join, chunk, self.decoder)
                     for s, msgs in enumerate(chunk):
                         if msgs:
                             part.offsets[s] = msgs[-1].offset + 1

@@ -65,7 +65,13 @@ class PartitionJoin:
         self._responses: list[tuple[str, str, int, int]] = []
         self.dead_letters: list[DeadLetter] = []   # to ship with the next report
         self._waiting_sent: Waiting = {}
-        self._late_since = False                   # a late event was joined since the last bucket
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        join = self.join
+        if getattr(join, "waiting_touched", None) is None:
+            # a snapshot from before the join tracked its changed keys: compare them all
+            join.waiting_touched = set(join.waiting) | set(self._waiting_sent)
 
     # -- input -------------------------------------------------------------------------
     def feed(self, ev: Event, source: int) -> None:
@@ -82,7 +88,6 @@ class PartitionJoin:
                 self._min_ts = ts
         elif ts < frontier:
             self.late_events += 1
-            self._late_since = True
             self.join.process(ev)
             return
         buffer_event(self.slots, ev, self.bucket_ms)
@@ -140,33 +145,39 @@ class PartitionJoin:
                 # nothing buffered, nothing open, nothing to forget: skip to the watermark
                 self.frontier = watermark - watermark % bucket
                 continue
-            n_open = len(join.open)
             join.expire(end)
-            # only events and expiries move calls in or out of waiting
-            dirty = slot is not None or self._late_since or len(join.open) != n_open
-            self._late_since = False
-            waiting = self._waiting_state() if dirty else self._waiting_sent
-            changed = dirty and waiting != self._waiting_sent
-            if slot is not None or changed or self._calls or self._responses:
+            delta = self._waiting_delta() if join.waiting_touched else None
+            if slot is not None or delta or self._calls or self._responses:
                 out.append(BucketOutcome(end, slot is not None, self._calls, self._responses,
-                                         _delta(self._waiting_sent, waiting) if changed
-                                         else None, True))
+                                         delta or None, True))
                 self._calls, self._responses = [], []
-                if changed:
-                    self._waiting_sent = waiting
             self.frontier = end
         return out
 
-    def _waiting_state(self) -> Waiting:
+    def _waiting_delta(self) -> Waiting:
+        """The waiting keys the join touched since the last bucket whose (calls waiting,
+        earliest start) differ from what was sent, None for a key gone; applied to what
+        was sent. In key order, so a redone chunk gives the same report."""
         join = self.join
-        cache = join._oldest
-        state = {}
-        for key, calls in join.waiting.items():
-            oldest = cache.get(key)
-            if oldest is None:
-                oldest = cache[key] = min(calls.values())
-            state[key] = (len(calls), oldest)
-        return state
+        waiting, cache, sent = join.waiting, join._oldest, self._waiting_sent
+        delta: Waiting = {}
+        for key in sorted(join.waiting_touched):
+            calls = waiting.get(key)
+            if calls is None:
+                now = None
+            else:
+                oldest = cache.get(key)
+                if oldest is None:
+                    oldest = cache[key] = min(calls.values())
+                now = (len(calls), oldest)
+            if sent.get(key) != now:
+                delta[key] = now
+                if now is None:
+                    del sent[key]
+                else:
+                    sent[key] = now
+        join.waiting_touched.clear()
+        return delta
 
     def counters(self) -> dict:
         c = self.join.counters
@@ -193,16 +204,6 @@ class PartitionJoin:
 
     def on_dead_letter(self, letter: DeadLetter) -> None:
         self.dead_letters.append(letter)
-
-
-def _delta(old: Waiting, new: Waiting) -> Waiting:
-    """The keys of `new` that differ from `old`, and those gone from it (None)."""
-    delta = {k: v for k, v in new.items() if old.get(k) != v}
-    if len(old) + len(delta) > len(new):           # some key may have gone
-        for k in old:
-            if k not in new:
-                delta[k] = None
-    return delta
 
 
 class PartitionReport(NamedTuple):

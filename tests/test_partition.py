@@ -54,12 +54,13 @@ def offline(lines: list[bytes], settings, rules):
 
 
 def live(lines: list[bytes], settings, rules, partitions: int, seed: int, restart_every=0,
-         merge_restart_every=0, whole_states=False, sizes=None):
+         merge_restart_every=0, whole_states=False, sizes=None, old_snapshots=False):
     """Feed the log the way the worker sees it: per partition, three sources read in random
     chunks; reports reach the merge in a random order across partitions. `restart_every` /
     `merge_restart_every`: the joins / the merge carry on from a pickled snapshot every so
     many reports; `whole_states`: reports carry whole waiting states, as before deltas;
-    `sizes` collects (waiting keys sent, whole state's keys) per changed outcome."""
+    `sizes` collects (waiting keys sent, whole state's keys) per changed outcome;
+    `old_snapshots`: the joins' snapshots are as taken before they tracked touched keys."""
     rng = random.Random(seed)
     queues = [[[] for _ in range(3)] for _ in range(partitions)]
     for i, line in enumerate(lines):
@@ -91,6 +92,8 @@ def live(lines: list[bytes], settings, rules, partitions: int, seed: int, restar
         pending.append(as_whole_states(report, held[p], sizes) if whole_states or sizes
                        is not None else report)
         if restart_every and seqs[p] % restart_every == 0:
+            if old_snapshots:
+                del pj.join.__dict__["waiting_touched"]
             joins[p] = pickle.loads(pickle.dumps(pj))     # a snapshot carries on exactly
         while pending and rng.random() < 0.5:
             merge.take(pending.pop(0))
@@ -175,6 +178,10 @@ def test_snapshots_of_partition_joins_carry_on_exactly(shipped):
     _, got = live(lines, settings, rules_b, 3, 7, restart_every=5)
     assert got.stats_records == want.stats_records
     assert got.alert_records == want.alert_records
+    _, rules_c = load_settings_and_rules(None, None)
+    _, old = live(lines, settings, rules_c, 3, 7, restart_every=5, old_snapshots=True)
+    assert old.stats_records == want.stats_records
+    assert old.alert_records == want.alert_records
 
 
 def test_merge_applies_each_report_once_and_in_order(shipped):

@@ -12,7 +12,8 @@ from producers.kafka_io import ensure_topics, make_producer
 from streams.broker import LocalBroker, free_port
 from streams.feed import LiveView
 from streams.topics import TopicNames
-from streams.web.topicfeed import RateMeter, TopicFeed, lag_and_position
+from streams.live import stats_key
+from streams.web.topicfeed import RateMeter, TopicFeed, lag_and_position, superseding
 from tests.test_feed import alert_rec, stats_rec, totals_rec
 
 
@@ -29,6 +30,35 @@ def test_rate_meter_uses_the_last_span():
         rate = meter.add(float(t), 100 * t)                    # 100 events/s throughout
     assert rate == 100.0 and meter.samples[0][0] >= 19         # older samples dropped
     assert meter.add(40.0, 3000) == 0.0                        # a stall: nothing processed
+
+
+def test_superseded_stats_leave_the_view_as_reading_them_all_would():
+    """A fetch of many windows per key: parsing only what `superseding` keeps gives the same
+    latest stats, totals and trend points as parsing every record."""
+    from collections import namedtuple
+    Msg = namedtuple("Msg", "key value")
+    records = []
+    for end in range(60, 60 + 15 * 40, 15):
+        for trust in ("LAS", "*"):
+            for window in ("15m", "1h", "24h"):
+                records.append(stats_rec(end, trust=trust, window=window,
+                                         mean_s=1000.0 + end, p90_s=2000.0 + end))
+                records.append(totals_rec(end, trust=trust, window=window, calls=end))
+    msgs = [Msg(stats_key(r), orjson.dumps(r)) for r in records]
+    msgs.append(Msg(None, orjson.dumps(stats_rec(30, trust="NWAS"))))   # unkeyed: kept
+    everything, conflated = LiveView(), LiveView()
+    for m in msgs:
+        everything.on_stats(orjson.loads(m.value))
+    kept = superseding(msgs, b"/" + conflated.trend_window.encode())
+    for m in kept:
+        conflated.on_stats(orjson.loads(m.value))
+    trend_keys = sum(1 for m in msgs if m.key is not None and m.key.endswith(b"/1h"))
+    # the last of each other key (2 trusts x (15m, 24h) x (stats, totals)) and the unkeyed one
+    assert len(kept) == trend_keys + 2 * 2 * 2 + 1
+    assert [m for m in msgs if m in kept] == kept                     # offset order kept
+    assert conflated.stats == everything.stats and conflated.totals == everything.totals
+    assert conflated.trends == everything.trends and conflated.trends
+    assert conflated.stats_list() == everything.stats_list()
 
 
 async def until(cond, timeout: float, task) -> bool:

@@ -582,6 +582,58 @@ def _event_code(buf, f):
 
 
 @njit(cache=True, nogil=True, _nrt=False)
+def _event_ts(buf, f, cache):
+    """Event time (epoch ms) of a scanned object, or -1 where validation would refuse it."""
+    kind = f[F_TS, 0]
+    if kind == V_MS:
+        return f[F_TS, 1]
+    if kind == V_STR:
+        return parse_ts_text(buf, f[F_TS, 1], f[F_TS, 2], cache)
+    if kind == V_INT:
+        t = f[F_TS, 1]
+        return t if _MIN_TS <= t < _MAX_TS else np.int64(-1)
+    return np.int64(-1)
+
+
+#: the string fields an `Event` carries, in the order `scan_events` writes them
+EVENT_STRINGS = np.array([F_CALL_ID, F_TRUST, F_ANSWERED_BY, F_REDIRECT_TO, F_RESOURCE_ID],
+                         dtype=np.int64)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def scan_events(buf, starts, ends, n, max_bytes, ts_out, code_out, text, used, f, cache):
+    """Records buf[starts[i]:ends[i]], i < n, to their code and event time; code PENDING
+    where the scanner is not sure. For each other record, the string fields EVENT_STRINGS
+    go to `text` (empty when absent), each followed by a NUL byte (never in a string the
+    scanner takes), so one decode and one split give every record's strings; `used[0]`:
+    the bytes written (room: len(buf) + 5 n)."""
+    k = np.int64(0)
+    for i in range(n):
+        s = starts[i]
+        e = ends[i]
+        code_out[i] = PENDING
+        if e - s > max_bytes or _scan(buf, s, e, f, cache, False) != e:
+            continue
+        code = _event_code(buf, f)
+        if code < 0:
+            continue
+        t = _event_ts(buf, f, cache)
+        if t < 0:
+            continue
+        ts_out[i] = t
+        code_out[i] = code
+        for j in range(EVENT_STRINGS.shape[0]):
+            field = EVENT_STRINGS[j]
+            if f[field, 0] == V_STR:
+                for b in range(f[field, 1], f[field, 2]):
+                    text[k] = buf[b]
+                    k += 1
+            text[k] = 0
+            k += 1
+    used[0] = k
+
+
+@njit(cache=True, nogil=True, _nrt=False)
 def _fill(buf, f, cache, r, ts_out, code_out, cid_out, trust_out,
           c_table, c_span, c_arena, c_meta, c_recent,
           t_table, t_span, t_arena, t_meta, t_recent, defer, cs, ce, k):
@@ -591,18 +643,8 @@ def _fill(buf, f, cache, r, ts_out, code_out, cid_out, trust_out,
     code = _event_code(buf, f)
     if code < 0:
         return False
-    kind = f[F_TS, 0]
-    if kind == V_MS:
-        t = f[F_TS, 1]
-    elif kind == V_STR:
-        t = parse_ts_text(buf, f[F_TS, 1], f[F_TS, 2], cache)
-        if t < 0:
-            return False
-    elif kind == V_INT:
-        t = f[F_TS, 1]
-        if t < _MIN_TS or t >= _MAX_TS:
-            return False
-    else:
+    t = _event_ts(buf, f, cache)
+    if t < 0:
         return False
     ts_out[r] = t
     code_out[r] = code
