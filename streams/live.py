@@ -285,6 +285,8 @@ class JoinStage:
         self.decoder = RecordDecoder(opts.settings.max_record_bytes)
         self._lock = asyncio.Lock()
         self._last_commit = 0.0
+        #: reports sent and not yet known to be acknowledged, in send order
+        self._in_flight: list[tuple[_Partition, asyncio.Future]] = []
 
     async def start(self) -> None:
         from aiokafka import ConsumerRebalanceListener
@@ -384,7 +386,16 @@ class JoinStage:
             part.offsets = list(rep.offsets)
             part.last_watermark = rep.watermark
 
+    async def _settle(self) -> None:
+        """Wait for the reports in flight to be acknowledged, and note their offsets."""
+        in_flight, self._in_flight = self._in_flight, []
+        for part, fut in in_flight:
+            md = await fut
+            part.partials_offset = md.offset
+
     async def snapshot(self, p: int) -> None:
+        # a snapshot names the partials offset of its last report: that report must be in
+        await self._settle()
         part = self.parts.get(p)
         if part is None:
             return
@@ -537,9 +548,10 @@ class JoinStage:
                                                pickle.dumps(report, protocol=5),
                                                key=b"%d" % p, partition=0)
                 sends.append((part, fut))
-            for part, fut in sends:
-                md = await fut
-                part.partials_offset = md.offset
+            # the previous fetch's reports: acknowledged while this one was processed, as a
+            # rule; waiting for this fetch's own would idle the loop for a round trip
+            await self._settle()
+            self._in_flight = sends
             for p, part in self.parts.items():
                 if now - part.last_snapshot >= self.opts.checkpoint_every_s:
                     await self.snapshot(p)
@@ -581,6 +593,7 @@ class MergeStage:
         self._lock = asyncio.Lock()
         self._more = False               # closable buckets left after the last step
         self._told: tuple = (None, None)     # last (global watermark, closed) on progress
+        self._in_flight: list = []           # output batches sent, not yet acknowledged
 
     async def start(self) -> None:
         from aiokafka import ConsumerRebalanceListener
@@ -667,7 +680,16 @@ class MergeStage:
         finally:
             await c.stop()
 
+    async def _settle(self) -> None:
+        """Wait for the output batches in flight to be acknowledged."""
+        in_flight, self._in_flight = self._in_flight, []
+        for f in in_flight:
+            await f
+
     async def snapshot(self) -> None:
+        # what the snapshot counts as published (`out_seq`) must be on the topics: a restart
+        # from it skips those records, and never makes them again
+        await self._settle()
         cp = self.cp
         if cp is None:
             return
@@ -756,8 +778,10 @@ class MergeStage:
         out.dead_letters.clear()
         out.stats_records.clear()
         out.alert_records.clear()
-        for f in futures:
-            await f
+        # the previous step's batches, acknowledged while this step ran, as a rule: waiting
+        # for this step's own would idle the merge for a round trip each step
+        await self._settle()
+        self._in_flight = futures
 
 
 def stats_key(record: dict) -> bytes:
