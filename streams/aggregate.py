@@ -249,23 +249,32 @@ class PartitionMerge:
         #: key as outcomes change them; None: to be rebuilt (after a restore)
         self._merged: dict | None = {}
         self._merged_sorted = True
+        #: keys some partition's waiting state changed since `_merged` was last brought up
+        #: to date: redone once when read (a close), not once per partition's outcome
+        self._stale: set = set()
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_merged"] = None          # derived: redone from the partitions' states
+        state["_stale"] = set()
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._merged = None                # (also for snapshots taken before it existed)
         self._merged_sorted = True
+        self._stale = set()
 
     def _merged_waiting(self) -> dict:
         """Every partition's waiting state merged, in key order."""
         if self._merged is None:
             self._merged = merged_waiting([st.waiting for st in self.parts if st.waiting])
             self._merged_sorted = True
-        elif not self._merged_sorted:
+            self._stale.clear()
+        elif self._stale:
+            self._merge_waiting(self._stale)
+            self._stale.clear()
+        if not self._merged_sorted:
             self._merged = dict(sorted(self._merged.items()))
             self._merged_sorted = True
         return self._merged
@@ -273,8 +282,6 @@ class PartitionMerge:
     def _merge_waiting(self, keys: Iterable) -> None:
         """Redo the merged waiting state's `keys` from the partitions'."""
         merged = self._merged
-        if merged is None:
-            return                          # rebuilt in full when next read
         parts = self.parts
         for k in keys:
             n, oldest = 0, None
@@ -378,7 +385,7 @@ class PartitionMerge:
                     for trust, cat, stop, ms in b.responses:
                         totals.on_response(trust, cat, stop, ms)
                     if b.waiting is not None:
-                        self._merge_waiting(apply_waiting(st.waiting, b))
+                        self._stale.update(apply_waiting(st.waiting, b))
             if active:
                 self.last_activity = start
             cache: list = []

@@ -186,11 +186,9 @@ class WindowStore:
         self.closed_until = end
         self._pending = []
         out: list[dict] = []
-        for size in self.pane_sizes:
+        for i, size in enumerate(self.pane_sizes):
             if end % size == 0:
-                parts = [b for s in range(end - size, end, self.bucket_ms)
-                         if (b := self.buckets.get(s)) is not None]
-                self.panes[size][end - size] = _merge(parts)
+                self.panes[size][end - size] = _merge(self._pane_parts(end - size, end, i))
         for w in self.windows:
             if end % w.every_ms == 0:
                 if w.every_ms == self.bucket_ms:
@@ -207,6 +205,21 @@ class WindowStore:
         if self._pending:
             self._fill_centiles(self._pending)
         return out
+
+    def _pane_parts(self, start: int, end: int, i: int) -> list[Pane]:
+        """What the pane [start, end) of `pane_sizes[i]` is made of: the panes of the largest
+        smaller size that divides it (an hour of four quarter-hour panes rather than sixty
+        buckets), when every one of them was made (each close makes its own; none before
+        the first close or in a skipped empty stretch); else the buckets."""
+        for smaller in reversed(self.pane_sizes[:i]):
+            if (end - start) % smaller == 0:
+                panes = self.panes[smaller]
+                parts = [panes.get(s) for s in range(start, end, smaller)]
+                if None not in parts:
+                    return parts
+                break
+        return [b for s in range(start, end, self.bucket_ms)
+                if (b := self.buckets.get(s)) is not None]
 
     def _fill_centiles(self, pending: list) -> None:
         arrays = [arr for _, arr in pending]

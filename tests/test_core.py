@@ -296,3 +296,36 @@ def test_durations():
 def test_bad_processing_settings_have_clear_messages(table, message):
     with pytest.raises(ConfigError, match=message):
         processing_from_table(table)
+
+
+def test_hour_panes_from_quarter_hour_panes_equal_hour_panes_from_buckets():
+    """The 24 h window reads hour panes; an hour pane is made of its four quarter-hour panes
+    when all were made, else of its buckets (before the first close). Either way, with late
+    responses added after panes were made, every record is what the buckets alone give."""
+    from streams.windows import WindowStore
+
+    def run(via_quarters: bool) -> list[dict]:
+        store = WindowStore(ProcessingSettings())
+        if not via_quarters:
+            store.pane_sizes = [s for s in store.pane_sizes if s == 3_600_000] + \
+                [s for s in store.pane_sizes if s != 3_600_000]   # hour panes built first
+        h = 3_600_000
+        m = 60_000
+        t0 = 1768377600000 + 10 * h                         # 10:00
+        store.add_response("LAS", "C2", t0 + 5 * m, 1000)   # before the first close (10:20)
+        out = []
+        for k in range(20, 180):
+            end = t0 + k * m
+            store.add_response("LAS", "C2", end - m + 10, 2000 + k)
+            if k % 7 == 0:
+                store.add_response("LAS", "C2", end - 20 * m, 5000 + k)   # late, into panes
+            store.add_total("LAS", end - m, 0)
+            out += store.close(end, lambda: {})
+        return out
+
+    built = run(True)
+    assert built == run(False)
+    day = [r for r in built if r["window"] == "24h" and r["category"] == "C2"
+           and r["trust"] == "LAS"]
+    # at 11:00: the early one, one per close from 10:20 to 11:00, the late ones until then
+    assert len(day) == 2 and day[0]["count"] == 1 + 41 + 6 and day[0]["late"] == 6
