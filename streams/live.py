@@ -2,11 +2,13 @@
 
 Level 1 (`JoinStage`): a consumer group over the three co-partitioned input topics. Each
 assigned partition gets a `streams.partition.PartitionJoin`; every fetched chunk is decoded
-in one pass, fed source by source (a fixed order, so a chunk's effect is reproducible), and
-released with the partition's watermark: the minimum over its three topics of (highest event
-time - allowed lateness), leaving out topics that are caught up and have been quiet for
-`idle_timeout` of wall-clock time (the only place wall clock enters). A partition whose topics
-are all idle is released with the global watermark instead. Each chunk becomes one
+in one pass (`streams.fast.records.RecordDecoder`: one Numba scan per topic's records, the
+reference decoder for what it is not sure of), fed source by source (a fixed order, so a
+chunk's effect is reproducible), and released with the partition's watermark: the minimum
+over its three topics of (highest event time - allowed lateness), leaving out topics that
+are caught up and have been quiet for `idle_timeout` of wall-clock time (the only place wall
+clock enters). A partition whose topics are all idle is released with the global watermark
+instead. Each chunk becomes one
 `PartitionReport` (outcomes per released bucket, dead letters, the chunk's offsets and the
 watermark it used) on the single-partition `callstream.partials` topic.
 
@@ -263,7 +265,8 @@ def feed_chunk(pj: PartitionJoin, chunk: list[list], decoder: RecordDecoder) -> 
             continue
         topic = msgs[0].topic
         raws = [b"" if m.value is None else m.value for m in msgs]
-        for m, raw, r in zip(msgs, raws, decoder.decode(raws, topic, [m.offset for m in msgs])):
+        decoded = decoder.decode(raws, topic, [m.offset for m in msgs])
+        for m, raw, r in zip(msgs, raws, decoded):
             if type(r) is Event:
                 feed(r, s)
             else:
