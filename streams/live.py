@@ -397,7 +397,8 @@ class JoinStage:
             part.partials_offset = md.offset
 
     async def snapshot(self, p: int) -> None:
-        # a snapshot names the partials offset of its last report: that report must be in
+        # a snapshot names the partials offset of its last report: that report must be on
+        # the topic first
         await self._settle()
         part = self.parts.get(p)
         if part is None:

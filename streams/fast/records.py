@@ -3,9 +3,9 @@ scan per batch instead of a JSON parse and a validation per record.
 
 The scanner (`streams.fast.scan.scan_events`) takes only records it is certain about and
 gives their type, category, disposition, flags, event time and string fields; the `Event`
-is built from those. Every other record goes through
-`streams.events.decode`, so what is accepted, what it reads as, and every rejection reason
-are exactly the reference decoder's (checked record for record in tests/test_records.py)."""
+is built from those. Every other record goes through `streams.events.decode`, so what is
+accepted, what it reads as, and every rejection reason are exactly the reference decoder's
+(checked record for record in tests/test_records.py)."""
 
 from __future__ import annotations
 
