@@ -277,7 +277,8 @@ def feed_chunk(pj: PartitionJoin, chunk: list[list], decoder: RecordDecoder) -> 
 class JoinStage:
     """Consumes the input topics; one `PartitionJoin` per assigned partition."""
 
-    def __init__(self, opts: LiveOptions, producer, state: "LiveState") -> None:
+    def __init__(self, opts: LiveOptions, producer, state: "LiveState",
+                 decoder: RecordDecoder) -> None:
         self.opts = opts
         self.producer = producer
         self.state = state
@@ -285,7 +286,7 @@ class JoinStage:
         self.consumer = None
         self.sources = list(opts.topics.inputs)
         self.source_index = {t: s for s, t in enumerate(self.sources)}
-        self.decoder = RecordDecoder(opts.settings.max_record_bytes)
+        self.decoder = decoder
         self._lock = asyncio.Lock()
         self._last_commit = 0.0
         #: reports sent and not yet known to be acknowledged, in send order
@@ -1011,6 +1012,10 @@ class LiveProcessor:
     def __init__(self, opts: LiveOptions) -> None:
         self.opts = opts
         self.state = LiveState()
+        # made here, before the event loop runs: on a fresh install its Numba kernel is
+        # compiled now (seconds of CPU), which inside the loop stalled every client's
+        # requests past their timeouts
+        self.decoder = RecordDecoder(opts.settings.max_record_bytes)
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
 
@@ -1024,7 +1029,7 @@ class LiveProcessor:
         _collect_rarely()
         producer = _producer(opts.bootstrap)
         await producer.start()
-        join = JoinStage(opts, producer, self.state)
+        join = JoinStage(opts, producer, self.state, self.decoder)
         merge = MergeProcess(opts, self.state, logging.getLogger().getEffectiveLevel())
         try:
             await merge.start()

@@ -13,7 +13,8 @@ from streams.broker import LocalBroker, free_port
 from streams.feed import LiveView
 from streams.topics import TopicNames
 from streams.live import stats_key
-from streams.web.topicfeed import RateMeter, TopicFeed, lag_and_position, superseding
+from streams.web.topicfeed import (MissingTopics, RateMeter, TopicFeed, lag_and_position,
+                                   superseding)
 from tests.test_feed import alert_rec, stats_rec, totals_rec
 
 
@@ -59,6 +60,34 @@ def test_superseded_stats_leave_the_view_as_reading_them_all_would():
     assert conflated.stats == everything.stats and conflated.totals == everything.totals
     assert conflated.trends == everything.trends and conflated.trends
     assert conflated.stats_list() == everything.stats_list()
+
+
+def test_a_request_timing_out_at_startup_is_retried_and_a_missing_topic_is_not():
+    """A broker slow to answer while the feed starts (the worker's event loop was busy, or
+    the broker was) once crashed the whole worker; now it is retried and shown on /health."""
+    from aiokafka.errors import RequestTimedOutError
+    live = LiveView()
+    feed = TopicFeed(live, "127.0.0.1:1", TopicNames.with_prefix("x."), "g")
+    calls = []
+
+    async def assign():
+        calls.append(live.facts.broker_connected)
+        if len(calls) == 1:
+            raise RequestTimedOutError()
+
+    async def missing():
+        raise MissingTopics("live feed: topics without partitions: x.calls.stats")
+
+    async def run():
+        await feed._until_connected(assign)
+        assert calls == [None, False]            # retried, with the broker shown as lost
+        try:
+            await feed._until_connected(missing)
+        except MissingTopics:
+            return True
+        return False
+
+    assert asyncio.run(run())
 
 
 async def until(cond, timeout: float, task) -> bool:

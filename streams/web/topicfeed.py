@@ -32,6 +32,10 @@ log = logging.getLogger("callstream.feed")
 FETCH_BYTES = 16 * 1024 * 1024
 
 
+class MissingTopics(RuntimeError):
+    """Output or input topics the feed needs do not exist (the worker creates them first)."""
+
+
 class RateMeter:
     """Events per second from a monotonically growing total, over a sliding wall-clock span."""
 
@@ -100,7 +104,9 @@ class TopicFeed:
             started.append(consumer.stop)
             await self._until_connected(admin.start)
             started.append(admin.close)
-            await self._assign(consumer, admin)
+            # a broker slow to answer (a request timing out) is no reason to stop the
+            # worker: retried as for a broker it cannot reach
+            await self._until_connected(lambda: self._assign(consumer, admin))
             handlers = {self.topics.stats: self._stats, self.topics.alerts: self._alert,
                         self.topics.deadletter: self._dead_letter}
             next_probe = 0.0
@@ -131,6 +137,8 @@ class TopicFeed:
             try:
                 await start()
                 return
+            except MissingTopics:
+                raise                 # not the broker's state: retrying would not help
             except Exception as exc:  # noqa: BLE001 - any client failure means "not yet"
                 self.live.update_health(HealthFacts(broker_connected=False,
                                                     watermark_ms=self.watermark()))
@@ -149,7 +157,7 @@ class TopicFeed:
                for d in described}
         missing = [t for t in wanted + self.topics.inputs if not tps.get(t)]
         if missing:       # the worker's preflight creates them; this would be a bug
-            raise RuntimeError(f"live feed: topics without partitions: {', '.join(missing)}")
+            raise MissingTopics(f"live feed: topics without partitions: {', '.join(missing)}")
         consumer.assign([tp for t in wanted for tp in tps[t]])
         await consumer.seek_to_beginning(*tps[self.topics.alerts])
         # stats and dead letters by record time: the first record at or after `since`, else
