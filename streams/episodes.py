@@ -289,16 +289,24 @@ class EpisodeJoin:
         self.incomplete[reason] = self.incomplete.get(reason, 0) + 1
         self.sink.on_incomplete(reason, ep.trust)
 
+    def waiting_at(self, key: tuple[str, str]) -> tuple[int, int] | None:
+        """(calls waiting for a crew, earliest clock start) of a (trust, category); None
+        when no call waits. The earliest start is rescanned only after its call left."""
+        calls = self.waiting.get(key)
+        if calls is None:
+            return None
+        oldest = self._oldest.get(key)
+        if oldest is None:
+            oldest = self._oldest[key] = min(calls.values())
+        return len(calls), oldest
+
     def pressure(self, now: int) -> dict[tuple[str, str], tuple[int, int]]:
         """(trust, category) -> (calls waiting for a crew, longest wait in ms) at `now`."""
         out = {}
-        cache = self._oldest
-        for key, calls in self.waiting.items():
-            oldest = cache.get(key)
-            if oldest is None:
-                oldest = cache[key] = min(calls.values())
+        for key in self.waiting:
+            n, oldest = self.waiting_at(key)
             longest = now - oldest
-            out[key] = (len(calls), longest if longest > 0 else 0)
+            out[key] = (n, longest if longest > 0 else 0)
         return out
 
     def finish(self) -> None:

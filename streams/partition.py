@@ -159,17 +159,10 @@ class PartitionJoin:
         earliest start) differ from what was sent, None for a key gone; applied to what
         was sent. In key order, so a redone chunk gives the same report."""
         join = self.join
-        waiting, cache, sent = join.waiting, join._oldest, self._waiting_sent
+        sent = self._waiting_sent
         delta: Waiting = {}
         for key in sorted(join.waiting_touched):
-            calls = waiting.get(key)
-            if calls is None:
-                now = None
-            else:
-                oldest = cache.get(key)
-                if oldest is None:
-                    oldest = cache[key] = min(calls.values())
-                now = (len(calls), oldest)
+            now = join.waiting_at(key)
             if sent.get(key) != now:
                 delta[key] = now
                 if now is None:
