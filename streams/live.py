@@ -1,10 +1,12 @@
 """The live processor on Kafka: two-level scale-out, crash recovery, exactly-once outputs.
 
 Level 1 (`JoinStage`): a consumer group over the three co-partitioned input topics. Each
-assigned partition gets a `streams.partition.PartitionJoin`; every fetched chunk is decoded
-in one pass (`streams.fast.records.RecordDecoder`: one Numba scan per topic's records, the
-reference decoder for what it is not sure of), fed source by source (a fixed order, so a
-chunk's effect is reproducible), and released with the partition's watermark: the minimum
+assigned partition gets a `streams.fast.partjoin.ColumnarPartitionJoin` (the reorder buffer
+and per-call join of `streams.partition.PartitionJoin`, its reference, in Numba kernels over
+arrays); every fetched chunk is scanned in one pass per topic (`RecordDecoder.scan`; the
+reference decoder for what the scanner is not sure of), fed source by source (a fixed order,
+so a chunk's effect is reproducible) in one kernel call, and released with the partition's
+watermark in another: the minimum
 over its three topics of (highest event time - allowed lateness), leaving out topics that
 are caught up and have been quiet for `idle_timeout` of wall-clock time (the only place wall
 clock enters). A partition whose topics are all idle is released with the global watermark
@@ -58,6 +60,7 @@ import orjson
 from streams.aggregate import CollectingOutputs, PartitionMerge
 from streams.childproc import die_with_parent
 from streams.events import DeadLetter, Event
+from streams.fast.partjoin import ColumnarPartitionJoin
 from streams.fast.records import RecordDecoder
 from streams.partition import PartitionJoin, PartitionReport, make_report
 from streams.settings import ProcessingSettings
@@ -226,7 +229,7 @@ async def load_checkpoints(bootstrap: str, topic: str) -> dict[bytes, bytes]:
 # -- level 1 -------------------------------------------------------------------------------
 @dataclass
 class _Partition:
-    join: PartitionJoin
+    join: ColumnarPartitionJoin | PartitionJoin     # the latter from older snapshots
     seq: int = 0
     offsets: list[int] = field(default_factory=lambda: [0, 0, 0])
     partials_offset: int = -1            # offset of this partition's last acked report
@@ -256,8 +259,14 @@ def _stamp(t: int | None) -> int:
     return -1 if t is None else t
 
 
-def feed_chunk(pj: PartitionJoin, chunk: list[list], decoder: RecordDecoder) -> None:
-    """Decode and feed one chunk of a partition: source 0, 1, 2, each in offset order."""
+def feed_chunk(pj: ColumnarPartitionJoin | PartitionJoin, chunk: list[list],
+               decoder: RecordDecoder) -> None:
+    """Decode and feed one chunk of a partition: source 0, 1, 2, each in offset order. A
+    `PartitionJoin` (the reference; restored from a snapshot taken before the columnar
+    join) is fed event by event."""
+    if type(pj) is ColumnarPartitionJoin:
+        pj.feed_chunk(chunk, decoder)
+        return
     partition = pj.partition
     feed = pj.feed
     for s, msgs in enumerate(chunk):
@@ -275,7 +284,7 @@ def feed_chunk(pj: PartitionJoin, chunk: list[list], decoder: RecordDecoder) -> 
 
 
 class JoinStage:
-    """Consumes the input topics; one `PartitionJoin` per assigned partition."""
+    """Consumes the input topics; one partition join per assigned partition."""
 
     def __init__(self, opts: LiveOptions, producer, state: "LiveState",
                  decoder: RecordDecoder) -> None:
@@ -340,7 +349,8 @@ class JoinStage:
             checkpoints = await load_checkpoints(self.opts.bootstrap,
                                                  self.opts.internal.checkpoints)
             saved = {p: _unpack(checkpoints[b"join/%d" % p]) if b"join/%d" % p in checkpoints
-                     else _Partition(PartitionJoin(p, self.opts.settings)) for p in fresh}
+                     else _Partition(ColumnarPartitionJoin(p, self.opts.settings))
+                     for p in fresh}
             since = min(part.partials_offset for part in saved.values()) + 1
             published = (await _read_ranges(self.opts.bootstrap,
                                             [(self.opts.internal.partials, 0, since, None)]))[0]

@@ -10,7 +10,9 @@ outcomes from every partition, bucket by bucket, into one `WindowTotals`.
 
 Pure and deterministic: given the same snapshot, the same events in the same chunks and the
 same watermarks, it produces the same outcomes and the same state; the live worker relies on
-that to recover a partition after a crash without counting anything twice."""
+that to recover a partition after a crash without counting anything twice. The worker runs
+the same join in Numba kernels (`streams.fast.partjoin.ColumnarPartitionJoin`); this one is
+its reference (tests/test_partjoin.py), and snapshots taken before that carry on with it."""
 
 from __future__ import annotations
 

@@ -9,10 +9,12 @@ accepted, what it reads as, and every rejection reason are exactly the reference
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from streams.events import Category, Disposition, Event, EventType, Rejection, decode
-from streams.fast.scan import FLAG, PENDING, RECEIVED, TRIAGED, scan_events, scratch
+from streams.fast.scan import ARRIVED, FLAG, PENDING, RECEIVED, TRIAGED, scan_events, scratch
 
 _CATEGORIES = (None, Category.C1, Category.C2, Category.C3, Category.C4)
 _DISPOSITIONS = (Disposition.DISPATCH, Disposition.HEAR_AND_TREAT, Disposition.REDIRECT)
@@ -28,28 +30,37 @@ class RecordDecoder:
         # load (or compile, on a fresh install) the kernel now, not on the first fetch
         self.decode([b'{"type":"crew_arrived","call_id":"x","ts":1768377600000}'], "", [0])
 
-    def decode(self, raws: list[bytes], source: str, positions: list[int]
-               ) -> list[Event | Rejection]:
-        """The same as `[decode(raw, source, pos, max_bytes) for raw, pos in ...]`."""
+    def scan(self, raws: list[bytes]) -> "ScannedBatch":
+        """The batch's bytes and one kernel pass over them (see `ScannedBatch`)."""
         n = len(raws)
-        if n == 0:
-            return []
         buf = b"".join(raws)
         lens = np.fromiter(map(len, raws), np.int64, n)
         ends = np.cumsum(lens)
+        starts = ends - lens
         ts = np.empty(n, np.int64)
         codes = np.empty(n, np.uint8)
         text = np.empty(len(buf) + 5 * n, np.uint8)
         used = np.zeros(1, np.int64)
-        scan_events(np.frombuffer(buf, np.uint8), ends - lens, ends, n, self.max_bytes, ts,
-                    codes, text, used, *self._scratch)
+        if n:
+            scan_events(np.frombuffer(buf, np.uint8), starts, ends, n, self.max_bytes, ts,
+                        codes, text, used, *self._scratch)
         # every taken record's five strings in one decode and one split: a slice and a
         # decode per field cost more than the scan
-        strings = zip(*[iter(text[:used[0]].tobytes().decode("ascii").split("\0"))] * 5)
+        strings = text[:used[0]].tobytes().decode("ascii").split("\0")
+        strings.pop()                       # after the last NUL
+        return ScannedBatch(buf, starts, lens, ts, codes, strings)
+
+    def decode(self, raws: list[bytes], source: str, positions: list[int]
+               ) -> list[Event | Rejection]:
+        """The same as `[decode(raw, source, pos, max_bytes) for raw, pos in ...]`."""
+        if not raws:
+            return []
+        batch = self.scan(raws)
+        strings = zip(*[iter(batch.strings)] * 5)
         out: list[Event | Rejection] = []
         append = out.append
         max_bytes = self.max_bytes
-        for raw, pos, t, code in zip(raws, positions, ts.tolist(), codes.tolist()):
+        for raw, pos, t, code in zip(raws, positions, batch.ts.tolist(), batch.codes.tolist()):
             if code == PENDING:
                 append(decode(raw, source, pos, max_bytes))
                 continue
@@ -66,3 +77,27 @@ class RecordDecoder:
                 append(Event(t, _ARRIVED, call_id, trust or None, None, None, None, None,
                              resource_id or None, bool(code & FLAG), raw, source, pos))
         return out
+
+
+class ScannedBatch(NamedTuple):
+    """A batch after the scan: record i is buf[starts[i]:starts[i] + lens[i]]; where
+    codes[i] is not PENDING, ts[i] and codes[i] are its event time and code (the scanner's
+    layout), and its five `EVENT_STRINGS` are next in `strings` (call id, trust, answered
+    by, redirect to, resource id; empty when absent)."""
+
+    buf: bytes
+    starts: np.ndarray
+    lens: np.ndarray
+    ts: np.ndarray
+    codes: np.ndarray
+    strings: list[str]
+
+
+def event_code(ev: Event) -> int:
+    """The scanner's record code of an event decoded in Python."""
+    if ev.type is _RECEIVED:
+        return RECEIVED | (FLAG if ev.answered_by != ev.trust else 0)
+    if ev.type is _TRIAGED:
+        return TRIAGED | (_CATEGORIES.index(ev.category) << 2) \
+            | (_DISPOSITIONS.index(ev.disposition) << 5)
+    return ARRIVED | (FLAG if ev.transport_capable else 0)
