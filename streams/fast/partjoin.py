@@ -265,10 +265,12 @@ class ColumnarPartitionJoin:
 
     def _room_for_events(self, n: int) -> None:
         """Room in every array a kernel call writes for `n` more events joined or
-        buffered (bounds: an event opens one episode, decides one, logs two rows)."""
+        buffered. Bounds: an event opens at most one episode and logs at most two rows of a
+        kind; an episode is decided or expired once (those open now, and those the events
+        open, maybe expired in the same release)."""
         st = self.st
         self.DQ = _deque_grown(self.DQ, st, S_DQH, S_DQT, n + 1)
-        self.DD = _deque_grown(self.DD, st, S_DDH, S_DDT, n + int(st[K.S_OPEN]) + 1)
+        self.DD = _deque_grown(self.DD, st, S_DDH, S_DDT, 2 * n + int(st[K.S_OPEN]) + 1)
         for name, used, per in (("B", K.S_NBUF, 1), ("T", S_NT, 2), ("R", S_NR, 2),
                                 ("DL", S_NDL, 1)):
             arr = getattr(self, name)
@@ -325,7 +327,8 @@ class ColumnarPartitionJoin:
         kept = nbuf - len(rel)
         nrel = len(rel)
         self._room_for_events(nrel)
-        touches = 2 * nrel + int(st[K.S_OPEN]) + int(st[K.S_NTOUCH]) + 1
+        # waiting keys touched: two per event joined, one per episode expired
+        touches = 3 * nrel + int(st[K.S_OPEN]) + int(st[K.S_NTOUCH]) + 1
         for name, used, need in (("W", K.S_NW, touches), ("OUT", K.S_NO, nrel + touches + 1),
                                  ("FREED", K.S_NFREED, len(self.call_of) + 1)):
             arr = getattr(self, name)
