@@ -82,6 +82,14 @@ def _raw_cmp(RAW, a, na, b, nb):
 
 
 @njit(cache=True, nogil=True, _nrt=False)
+def _versus(t, off, ln, t_kept, off_kept, ln_kept, RAW):
+    """An event's (time, raw bytes) against a kept event's: -1, 0 (a duplicate) or 1."""
+    if t != t_kept:
+        return -1 if t < t_kept else 1
+    return _raw_cmp(RAW, off, ln, off_kept, ln_kept)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
 def _touch(key, K, TOUCH, st):
     if K[key, K_TOUCHED] == 0:
         K[key, K_TOUCHED] = 1
@@ -185,15 +193,12 @@ def _process(t, cd, slot, tr, off, ln, src, pos, connect, caps, G, RAW, DQ, DD, 
     elif etype == ARRIVED:
         take = True
         if G[slot, G_ARR_OFF] >= 0:
-            tf = G[slot, G_ARR_TS]
-            if t == tf:
-                c = _raw_cmp(RAW, off, ln, G[slot, G_ARR_OFF], G[slot, G_ARR_LEN])
-                if c == 0:
-                    st[S_DUP] += 1
-                    return
-                take = c < 0
-            else:
-                take = t < tf
+            c = _versus(t, off, ln, G[slot, G_ARR_TS], G[slot, G_ARR_OFF], G[slot, G_ARR_LEN],
+                        RAW)
+            if c == 0:
+                st[S_DUP] += 1
+                return
+            take = c < 0                      # the first arrival is kept
         if take:
             G[slot, G_ARR_TS] = t
             G[slot, G_ARR_OFF] = off
@@ -205,15 +210,12 @@ def _process(t, cd, slot, tr, off, ln, src, pos, connect, caps, G, RAW, DQ, DD, 
     else:
         take = True
         if G[slot, G_TRI_OFF] >= 0:
-            tl = G[slot, G_TRI_TS]
-            if t == tl:
-                c = _raw_cmp(RAW, off, ln, G[slot, G_TRI_OFF], G[slot, G_TRI_LEN])
-                if c == 0:
-                    st[S_DUP] += 1
-                    return
-                take = c > 0
-            else:
-                take = t > tl
+            c = _versus(t, off, ln, G[slot, G_TRI_TS], G[slot, G_TRI_OFF], G[slot, G_TRI_LEN],
+                        RAW)
+            if c == 0:
+                st[S_DUP] += 1
+                return
+            take = c > 0                      # the latest triage is kept
             if t < G[slot, G_FTRI]:
                 G[slot, G_FTRI] = t
         else:
