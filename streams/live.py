@@ -6,13 +6,12 @@ and per-call join of `streams.partition.PartitionJoin`, its reference, in Numba 
 arrays); every fetched chunk is scanned in one pass per topic (`RecordDecoder.scan`; the
 reference decoder for what the scanner is not sure of), fed source by source (a fixed order,
 so a chunk's effect is reproducible) in one kernel call, and released with the partition's
-watermark in another: the minimum
-over its three topics of (highest event time - allowed lateness), leaving out topics that
-are caught up and have been quiet for `idle_timeout` of wall-clock time (the only place wall
-clock enters). A partition whose topics are all idle is released with the global watermark
-instead. Each chunk becomes one `PartitionReport` (outcomes per released bucket, dead
-letters, the chunk's offsets and the watermark it used) on the single-partition
-`callstream.partials` topic.
+watermark in another: the minimum over its three topics of (highest event time - allowed
+lateness), leaving out topics that are caught up and have been quiet for `idle_timeout` of
+wall-clock time (the only place wall clock enters). A partition whose topics are all idle
+is released with the global watermark instead. Each chunk becomes one `PartitionReport`
+(outcomes per released bucket, dead letters, the chunk's offsets and the watermark it used)
+on the single-partition `callstream.partials` topic.
 
 Level 2 (`MergeStage`): whichever worker owns `callstream.partials` runs the
 `streams.aggregate.PartitionMerge`, closes every bucket all partitions have released, runs the

@@ -15,8 +15,8 @@ import numpy as np
 
 from streams.events import DeadLetter, Event, decode
 from streams.fast import livejoin as K
-from streams.fast.join import (NONE, S_AF, S_C1WT, S_DDH, S_DDT, S_DQH, S_DQT, S_DUP,
-                               S_INC0, S_INC1, S_INC2, S_LATE, S_NDL, S_NR, S_NT,
+from streams.fast.join import (INCOMPLETE_REASONS, NONE, S_AF, S_C1WT, S_DDH, S_DDT, S_DQH,
+                               S_DQT, S_DUP, S_INC0, S_INC1, S_INC2, S_LATE, S_NDL, S_NR, S_NT,
                                _deque_grown, _grown)
 from streams.fast.records import RecordDecoder, event_code
 from streams.fast.scan import PENDING, RECEIVED
@@ -24,8 +24,7 @@ from streams.partition import BucketOutcome, PartitionJoin
 from streams.settings import ProcessingSettings
 
 _CATEGORY = (None, "C1", "C2", "C3", "C4", "C1T")
-_INCOMPLETE = ((S_INC0, "no_call_received"), (S_INC1, "no_triage"),
-               (S_INC2, "no_crew_arrival"))
+_INCOMPLETE = tuple(zip((S_INC0, S_INC1, S_INC2), INCOMPLETE_REASONS))
 _TRUST_BITS = (1 << 29) - 1
 
 
@@ -66,7 +65,7 @@ class ColumnarPartitionJoin:
         self.slot_of: dict[str, int] = {}
         self.call_of: list[str | None] = []
         self.free: list[int] = []
-        self.trust_of: dict[str, int] = {"": -1}
+        self.trust_of: dict[str, int] = {}     # of receipts: a call's trust is its receipt's
         self.trusts: list[str] = []
         # kernel state (layouts in streams.fast.livejoin)
         self.st = np.zeros(K.NSTATE, np.int64)
@@ -92,7 +91,7 @@ class ColumnarPartitionJoin:
         G, B = self.G[:nslot].copy(), self.B[:nbuf].copy()
         raw = np.zeros(int(st[K.S_RAW]), np.uint8)
         st[K.S_RAW] = K.compact_raw(G, nslot, B, nbuf, self.RAW, raw)
-        state.update(st=st, G=G, B=B, RAW=raw[:st[K.S_RAW]].copy(),
+        state.update(st=st, G=G, B=B, RAW=raw[:st[K.S_RAW]],
                      T=self.T[:st[S_NT]].copy(), R=self.R[:st[S_NR]].copy(),
                      DQ=self.DQ[st[S_DQH]:st[S_DQT]].copy(),
                      DD=self.DD[st[S_DDH]:st[S_DDT]].copy())
@@ -173,7 +172,7 @@ class ColumnarPartitionJoin:
             m = self.source_max[s]
             if m is None or high > m:
                 self.source_max[s] = high
-        # the join reads the trust of receipts only (a call's trust is its receipt's)
+        # the join reads the trust of receipts only
         trust = np.full(len(ts), -1, np.int64)
         receipts = np.flatnonzero((code & 3) == RECEIVED).tolist()
         if receipts:
