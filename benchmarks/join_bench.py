@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from producers.simulate import england, generate  # noqa: E402
 from streams.fast.partjoin import ColumnarPartitionJoin  # noqa: E402
+from streams.fast.recordbatch import RecordRun  # noqa: E402
 from streams.fast.records import RecordDecoder  # noqa: E402
 from streams.live import _pack, _Partition, feed_chunk  # noqa: E402
 from streams.partition import PartitionJoin, make_report  # noqa: E402
@@ -42,6 +43,7 @@ class Record(NamedTuple):
     offset: int
     key: bytes
     value: bytes
+    timestamp: int = 0
 
 
 def load(events: int, partitions: int) -> list[list[list[Record]]]:
@@ -75,6 +77,8 @@ def run(kind, queues, settings: ProcessingSettings, chunk: int) -> dict:
                 a = pos[p][s]
                 part.append(queues[p][s][a:a + chunk])
                 pos[p][s] = min(a + chunk, len(queues[p][s]))
+            part = [RecordRun.from_records(TOPICS[s], p, recs) if recs else None
+                    for s, recs in enumerate(part)]
             t0 = time.perf_counter()
             feed_chunk(pj, part, decoder)
             t1 = time.perf_counter()

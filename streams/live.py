@@ -54,13 +54,16 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
+import numpy as np
 import orjson
 
 from streams.aggregate import CollectingOutputs, PartitionMerge
 from streams.childproc import die_with_parent
 from streams.events import DeadLetter, Event
 from streams.fast.partjoin import ColumnarPartitionJoin
+from streams.fast.recordbatch import RecordRun
 from streams.fast.records import RecordDecoder
+from streams import rawfetch
 from streams.partition import PartitionJoin, PartitionReport, make_report
 from streams.settings import ProcessingSettings
 from streams.topics import TopicNames
@@ -226,6 +229,61 @@ async def load_checkpoints(bootstrap: str, topic: str) -> dict[bytes, bytes]:
 
 
 # -- level 1 -------------------------------------------------------------------------------
+class _Pending:
+    """Fetched records of one topic partition not fed yet: runs, oldest first."""
+
+    __slots__ = ("runs", "count")
+
+    def __init__(self) -> None:
+        self.runs: deque[RecordRun] = deque()
+        self.count = 0
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def add(self, run: RecordRun) -> None:
+        if len(run):
+            self.runs.append(run)
+            self.count += len(run)
+
+    @property
+    def last_offset(self) -> int:
+        return int(self.runs[-1].offsets[-1])
+
+    @property
+    def first_timestamp(self) -> int:
+        return int(self.runs[0].timestamps[0])
+
+    @property
+    def last_timestamp(self) -> int:
+        return int(self.runs[-1].timestamps[-1])
+
+    def take_through(self, limit: int) -> RecordRun | None:
+        """The leading records stamped at or before `limit` (up to the first that is not),
+        as one run; None if there are none."""
+        taken: list[RecordRun] = []
+        runs = self.runs
+        while runs:
+            run = runs[0]
+            over = run.timestamps > limit
+            k = int(over.argmax()) if over.any() else len(run)
+            if k:
+                taken.append(run[:k])
+            if k < len(run):
+                runs[0] = run[k:]
+                break
+            runs.popleft()
+        if not taken:
+            return None
+        run = RecordRun.concat(taken)
+        self.count -= len(run)
+        return run
+
+
+def _fresh_pending() -> list[_Pending]:
+    return [_Pending(), _Pending(), _Pending()]
+
+
 @dataclass
 class _Partition:
     join: ColumnarPartitionJoin | PartitionJoin     # the latter from older snapshots
@@ -238,48 +296,49 @@ class _Partition:
     #: (wall time first seen, watermark) that only idleness allows, oldest first
     candidates: deque = field(default_factory=deque)
     #: fetched records not fed yet (held back to keep partitions aligned), per source
-    pending: list[list] = field(default_factory=lambda: [[], [], []])
+    pending: list[_Pending] = field(default_factory=_fresh_pending)
     #: record timestamp of the last record fed, per source
     last_stamp: list = field(default_factory=lambda: [None, None, None])
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["candidates"] = deque()          # wall-clock bookkeeping: not carried over
-        state["pending"] = [[], [], []]        # not fed: fetched again from the offsets
+        state["pending"] = None                # not fed: fetched again from the offsets
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self.__dict__.setdefault("pending", [[], [], []])     # snapshots from before these
-        self.__dict__.setdefault("last_stamp", [None, None, None])
+        self.pending = _fresh_pending()
+        self.__dict__.setdefault("last_stamp", [None, None, None])   # older snapshots
 
 
 def _stamp(t: int | None) -> int:
     return -1 if t is None else t
 
 
-def feed_chunk(pj: ColumnarPartitionJoin | PartitionJoin, chunk: list[list],
+def feed_chunk(pj: ColumnarPartitionJoin | PartitionJoin, chunk: list[RecordRun | None],
                decoder: RecordDecoder) -> None:
-    """Decode and feed one chunk of a partition: source 0, 1, 2, each in offset order. A
-    `PartitionJoin` (the reference; restored from a snapshot taken before the columnar
-    join) is fed event by event."""
+    """Decode and feed one chunk of a partition: source 0, 1, 2, each a run in offset order
+    (or None). A `PartitionJoin` (the reference; restored from a snapshot taken before the
+    columnar join) is fed event by event."""
     if type(pj) is ColumnarPartitionJoin:
         pj.feed_chunk(chunk, decoder)
         return
     partition = pj.partition
     feed = pj.feed
-    for s, msgs in enumerate(chunk):
-        if not msgs:
+    for s, run in enumerate(chunk):
+        if not run:
             continue
-        topic = msgs[0].topic
-        raws = [b"" if m.value is None else m.value for m in msgs]
-        decoded = decoder.decode(raws, topic, [m.offset for m in msgs])
-        for m, raw, r in zip(msgs, raws, decoded):
+        topic = run.topic
+        raws = run.values()
+        offsets = run.offsets.tolist()
+        decoded = decoder.decode(raws, topic, offsets)
+        for i, (raw, r) in enumerate(zip(raws, decoded)):
             if type(r) is Event:
                 feed(r, s)
             else:
-                pj.reject(DeadLetter(r.reason, r.detail, topic, m.offset, raw, "offset",
-                                     partition, m.key))
+                pj.reject(DeadLetter(r.reason, r.detail, topic, offsets[i], raw, "offset",
+                                     partition, run.key(i)))
 
 
 class JoinStage:
@@ -314,8 +373,10 @@ class JoinStage:
 
         # the range assignor gives a consumer the same partition numbers of every input
         # topic: the co-partitioning the per-call join relies on
+        rawfetch.install()
         self.consumer = _consumer(self.opts.bootstrap, f"{self.opts.group}-join",
                                   partition_fetch_bytes=JOIN_FETCH_BYTES,
+                                  value_deserializer=rawfetch.RAW_RUNS,
                                   partition_assignment_strategy=(RangePartitionAssignor,),
                                   max_poll_interval_ms=600_000, session_timeout_ms=15_000,
                                   heartbeat_interval_ms=1_000)
@@ -382,15 +443,15 @@ class JoinStage:
         records = await _read_ranges(self.opts.bootstrap, [
             (topic, p, part.offsets[s], reports[-1].offsets[s])
             for s, topic in enumerate(self.sources)])
+        runs = [RecordRun.from_records(topic, p, records[s])
+                for s, topic in enumerate(self.sources)]
         taken = [0, 0, 0]
         for rep in reports:
-            chunk: list[list] = [[], [], []]
+            chunk: list[RecordRun | None] = [None, None, None]
             for s in range(3):
-                msgs = records[s]
-                i = taken[s]
-                while i < len(msgs) and msgs[i].offset < rep.offsets[s]:
-                    i += 1
-                chunk[s] = msgs[taken[s]:i]
+                i = int(np.searchsorted(runs[s].offsets, rep.offsets[s]))
+                if i > taken[s]:
+                    chunk[s] = runs[s][taken[s]:i]
                 taken[s] = i
             feed_chunk(part.join, chunk, self.decoder)
             part.join.release(rep.watermark)
@@ -417,7 +478,7 @@ class JoinStage:
         await self.producer.send_and_wait(self.opts.internal.checkpoints, _pack(part),
                                           key=b"join/%d" % p)
 
-    def _take_aligned(self, data: dict) -> dict[int, list[list]]:
+    def _take_aligned(self, data: dict) -> dict[int, list[RecordRun | None]]:
         """Buffer what was fetched; return, per partition, the records to feed now: those
         no more than `ALIGN_MS` of record time (event time, as producers stamp it; only
         flow control depends on it, never a result) ahead of the point every topic partition
@@ -427,23 +488,26 @@ class JoinStage:
         broker while unconsumed records of any of its partitions remain)."""
         from aiokafka import TopicPartition
         index = self.source_index
-        for tp, msgs in data.items():
+        for tp, runs in data.items():
             part = self.parts.get(tp.partition)
-            if part is None or not msgs:
+            if part is None:
                 continue
             s = index[tp.topic]
             queue = part.pending[s]
-            expected = queue[-1].offset + 1 if queue else part.offsets[s]
-            if msgs[0].offset < expected:
-                # fetched before a rebalance handed this partition back: already read
-                msgs = [m for m in msgs if m.offset >= expected]
-            queue.extend(msgs)
+            for run in runs:
+                if not len(run):
+                    continue
+                expected = queue.last_offset + 1 if queue else part.offsets[s]
+                if run.offsets[0] < expected:
+                    # fetched before a rebalance handed this partition back: already read
+                    run = run[int(np.searchsorted(run.offsets, expected)):]
+                queue.add(run)
         low = None
         for p, part in self.parts.items():
             for s, topic in enumerate(self.sources):
                 queue = part.pending[s]
                 if queue:
-                    t = queue[-1].timestamp
+                    t = queue.last_timestamp
                 else:
                     high = self.consumer.highwater(TopicPartition(topic, p))
                     if high is not None and part.offsets[s] >= high:
@@ -463,27 +527,25 @@ class JoinStage:
         # would hold back the watermark, the merge and so the bounds themselves
         slowest = min((_stamp(part.last_stamp[s]) for part in self.parts.values()
                        for s in range(3) if part.pending[s]), default=None)
-        chunks: dict[int, list[list]] = {}
+        chunks: dict[int, list[RecordRun | None]] = {}
         pause, resume = [], []
         for p, part in self.parts.items():
-            chunk: list[list] = [[], [], []]
+            chunk: list[RecordRun | None] = [None, None, None]
             for s, topic in enumerate(self.sources):
                 queue = part.pending[s]
                 limit = bound
                 if queue and _stamp(part.last_stamp[s]) == slowest:
-                    limit = max(limit, queue[0].timestamp + ALIGN_MS)
-                k = 0
-                while k < len(queue) and queue[k].timestamp <= limit:
-                    k += 1
-                if k:
-                    chunk[s] = queue[:k]
-                    del queue[:k]
-                    part.last_stamp[s] = chunk[s][-1].timestamp
-                if len(queue) >= HOLD_RECORDS:
+                    limit = max(limit, queue.first_timestamp + ALIGN_MS)
+                if queue and limit is not None:
+                    run = queue.take_through(limit)
+                    if run is not None:
+                        chunk[s] = run
+                        part.last_stamp[s] = int(run.timestamps[-1])
+                if queue.count >= HOLD_RECORDS:
                     pause.append(TopicPartition(topic, p))
-                elif len(queue) <= HOLD_RECORDS // 2:
+                elif queue.count <= HOLD_RECORDS // 2:
                     resume.append(TopicPartition(topic, p))
-            if chunk[0] or chunk[1] or chunk[2]:
+            if chunk[0] is not None or chunk[1] is not None or chunk[2] is not None:
                 chunks[p] = chunk
         paused = self.consumer.paused()
         ahead = [tp for tp in pause if tp not in paused]
@@ -541,15 +603,15 @@ class JoinStage:
         async with self._lock:
             now = time.monotonic()
             chunks = self._take_aligned(data)
-            n = sum(len(msgs) for chunk in chunks.values() for msgs in chunk)
+            n = sum(len(run) for chunk in chunks.values() for run in chunk if run is not None)
             sends = []
             for p, part in self.parts.items():
                 chunk = chunks.get(p)
                 if chunk is not None:
                     feed_chunk(part.join, chunk, self.decoder)
-                    for s, msgs in enumerate(chunk):
-                        if msgs:
-                            part.offsets[s] = msgs[-1].offset + 1
+                    for s, run in enumerate(chunk):
+                        if run is not None:
+                            part.offsets[s] = int(run.offsets[-1]) + 1
                             part.last_seen[s] = now
                 wm = self._watermark(part, now)
                 if chunk is None and wm == part.last_watermark:

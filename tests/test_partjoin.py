@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 
 from producers.simulate import Disorder, england, generate
 from streams.fast.partjoin import ColumnarPartitionJoin
+from streams.fast.recordbatch import RecordRun
 from streams.fast.records import RecordDecoder
 from streams.live import feed_chunk
 from streams.partition import PartitionJoin, make_report
@@ -32,6 +33,13 @@ class Record(NamedTuple):
     offset: int
     key: bytes | None
     value: bytes | None
+    timestamp: int = 0
+
+
+def as_runs(chunk: list[list[Record]], partition: int) -> list[RecordRun | None]:
+    """A chunk as the worker feeds it: one run of records per topic (or None)."""
+    return [RecordRun.from_records(TOPICS[s], partition, recs) if recs else None
+            for s, recs in enumerate(chunk)]
 
 
 def split(lines: list[bytes], partitions: int) -> list[list[list[Record]]]:
@@ -91,8 +99,9 @@ def run_both(lines: list[bytes], settings: ProcessingSettings, partitions: int, 
             take = rng.randint(0, max_take)
             chunk[s] = queues[p][s][pos[p][s]:pos[p][s] + take]
             pos[p][s] = min(pos[p][s] + take, len(queues[p][s]))
-        feed_chunk(ref[p], chunk, decoder)
-        feed_chunk(col[p], chunk, decoder)
+        runs = as_runs(chunk, p)
+        feed_chunk(ref[p], runs, decoder)
+        feed_chunk(col[p], runs, decoder)
         idle = [rng.random() < 0.2 or pos[p][s] >= len(queues[p][s]) for s in range(3)]
         wm = ref[p].own_watermark(idle)
         assert col[p].own_watermark(idle) == wm

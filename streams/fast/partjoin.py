@@ -2,7 +2,8 @@
 `streams.partition.PartitionJoin` (its reference, checked in tests/test_partjoin.py), from the
 kernels of `streams.fast.livejoin`.
 
-Per fetched chunk: one scan per topic (`RecordDecoder.scan`), call ids interned to slots in
+Per fetched chunk: each topic's run of records (`streams.fast.recordbatch.RecordRun`)
+copied into the arena and scanned there (`RecordDecoder.scan_spans`), call ids interned to slots in
 a dict, one `live_feed` call; per watermark, one `live_release` call. Records the scanner is
 not sure of go through the reference decoder, so what is accepted and every rejection are
 the reference's. The state pickles as arrays (a snapshot is a few copies, not an object
@@ -18,6 +19,7 @@ from streams.fast import livejoin as K
 from streams.fast.join import (INCOMPLETE_REASONS, NONE, S_AF, S_C1WT, S_DDH, S_DDT, S_DQH,
                                S_DQT, S_DUP, S_INC0, S_INC1, S_INC2, S_LATE, S_NDL, S_NR, S_NT,
                                _deque_grown, _grown)
+from streams.fast.recordbatch import gather
 from streams.fast.records import RecordDecoder, event_code
 from streams.fast.scan import PENDING, RECEIVED
 from streams.partition import BucketOutcome, PartitionJoin
@@ -109,26 +111,25 @@ class ColumnarPartitionJoin:
         self.RAW = _grown(self.RAW, max(2 * self.RAW.shape[0], 1 << 20))
 
     # -- input ---------------------------------------------------------------------------
-    def feed_chunk(self, chunk: list[list], decoder: RecordDecoder) -> None:
-        """Decode and feed one chunk: source 0, 1, 2, each in offset order (records with
-        `topic`, `offset`, `key`, `value`)."""
-        scanned = []
-        for s, msgs in enumerate(chunk):
-            if msgs:
-                self.source_names[s] = msgs[0].topic
-                raws = [m.value for m in msgs]
-                if None in raws:
-                    raws = [b"" if r is None else r for r in raws]
-                self.events += len(raws)
-                scanned.append((s, msgs, raws, decoder.scan(raws)))
-        if not scanned:
+    def feed_chunk(self, chunk: list, decoder: RecordDecoder) -> None:
+        """Decode and feed one chunk: source 0, 1, 2, each a `RecordRun` in offset order (or
+        None)."""
+        runs = [(s, run) for s, run in enumerate(chunk) if run is not None and len(run)]
+        if not runs:
             return
-        # the arena is made room in (maybe compacted) before any record is given a place
-        base = self._room_for_raw(sum(len(b.buf) for *_, b in scanned))
+        # the arena is made room in (maybe compacted) before any record is given a place;
+        # each run's values are copied into it end to end and scanned there
+        base = self._room_for_raw(sum(run.value_bytes for _, run in runs))
         cols = []
-        for s, msgs, raws, batch in scanned:
-            cols.append(self._source_columns(s, msgs, raws, batch, base))
-            base += len(batch.buf)
+        for s, run in runs:
+            self.source_names[s] = run.topic
+            self.events += len(run)
+            starts = gather(run.buf, run.value_start, run.value_len, self.RAW, base)
+            lens = np.maximum(run.value_len, 0)
+            nbytes = int(lens.sum())
+            batch = decoder.scan_spans(self.RAW[base:base + nbytes], starts - base, lens)
+            cols.append(self._source_columns(s, run, batch, base))
+            base += nbytes
         n = sum(len(c[0]) for c in cols)
         if not n:
             return
@@ -148,22 +149,18 @@ class ColumnarPartitionJoin:
                     self.KEYS, self.TOUCH, st)
         self._take_dead_letters()
 
-    def _source_columns(self, s: int, msgs: list, raws: list[bytes], batch, base: int
-                        ) -> tuple:
-        """One topic's scanned records: the unsure ones decoded in Python, rejections to
-        dead letters, the bytes copied to the arena at `base`. Columns of its events."""
-        self.RAW[base:base + len(batch.buf)] = np.frombuffer(batch.buf, np.uint8)
+    def _source_columns(self, s: int, run, batch, base: int) -> tuple:
+        """One topic's scanned records (a `RecordRun`, its values at `base` in the arena):
+        the unsure ones decoded in Python, rejections to dead letters. Columns of its
+        events."""
         strings = batch.strings
         cids, trusts = strings[0::5], strings[1::5]
         taken = batch.codes != PENDING
         keep = None
         if not taken.all():
-            keep, cids, trusts = self._slow_records(msgs, raws, batch, taken, cids, trusts)
+            keep, cids, trusts = self._slow_records(run, batch, taken, cids, trusts)
         ts, code = batch.ts, batch.codes.astype(np.int64)
-        off, ln = batch.starts + base, batch.lens
-        first, last = msgs[0].offset, msgs[-1].offset
-        offsets = np.arange(first, last + 1, dtype=np.int64) if last - first == len(msgs) - 1 \
-            else np.fromiter((m.offset for m in msgs), np.int64, len(msgs))
+        off, ln, offsets = batch.starts + base, batch.lens, run.offsets
         if keep is not None:
             ts, code, off, ln, offsets = ts[keep], code[keep], off[keep], ln[keep], \
                 offsets[keep]
@@ -183,23 +180,25 @@ class ColumnarPartitionJoin:
             trust[receipts] = ids
         return ts, code, cids, trust, off, ln, np.full(len(ts), s, np.int64), offsets
 
-    def _slow_records(self, msgs, raws, batch, taken, cids, trusts):
+    def _slow_records(self, run, batch, taken, cids, trusts):
         """Records the scanner left to the reference decoder: their events' code, call id
         and trust in place; rejections to dead letters. Returns the events' indexes."""
         keep: list[int] = []
         codes, ts = batch.codes, batch.ts
         out_c, out_t = [], []
         it = iter(zip(cids, trusts))
+        topic = run.topic
         for i, ok in enumerate(taken.tolist()):
             if ok:
                 c, t = next(it)
             else:
-                m = msgs[i]
-                r = decode(raws[i], m.topic, m.offset, self.max_bytes)
+                raw = run.value(i)
+                offset = int(run.offsets[i])
+                r = decode(raw, topic, offset, self.max_bytes)
                 if type(r) is not Event:
-                    self.dead_letters.append(DeadLetter(r.reason, r.detail, m.topic, m.offset,
-                                                        raws[i], "offset", self.partition,
-                                                        m.key))
+                    self.dead_letters.append(DeadLetter(r.reason, r.detail, topic, offset,
+                                                        raw, "offset", self.partition,
+                                                        run.key(i)))
                     continue
                 codes[i] = event_code(r)
                 ts[i] = r.ts

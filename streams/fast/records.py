@@ -35,15 +35,21 @@ class RecordDecoder:
         n = len(raws)
         buf = b"".join(raws)
         lens = np.fromiter(map(len, raws), np.int64, n)
-        ends = np.cumsum(lens)
-        starts = ends - lens
+        starts = np.cumsum(lens) - lens
+        return self.scan_spans(np.frombuffer(buf, np.uint8), starts, lens)
+
+    def scan_spans(self, buf: np.ndarray, starts: np.ndarray, lens: np.ndarray
+                   ) -> "ScannedBatch":
+        """One kernel pass over the records buf[starts[i]:starts[i] + lens[i]] (spans laid
+        end to end, as a fetched run's values copied into an arena are)."""
+        n = len(starts)
         ts = np.empty(n, np.int64)
         codes = np.empty(n, np.uint8)
         text = np.empty(len(buf) + 5 * n, np.uint8)
         used = np.zeros(1, np.int64)
         if n:
-            scan_events(np.frombuffer(buf, np.uint8), starts, ends, n, self.max_bytes, ts,
-                        codes, text, used, *self._scratch)
+            scan_events(buf, starts, starts + lens, n, self.max_bytes, ts, codes, text, used,
+                        *self._scratch)
         # every taken record's five strings in one decode and one split: a slice and a
         # decode per field cost more than the scan
         strings = text[:used[0]].tobytes().decode("ascii").split("\0")
@@ -80,12 +86,13 @@ class RecordDecoder:
 
 
 class ScannedBatch(NamedTuple):
-    """A batch after the scan: record i is buf[starts[i]:starts[i] + lens[i]]; where
+    """A batch after the scan: record i is buf[starts[i]:starts[i] + lens[i]] (buf: uint8
+    array); where
     codes[i] is not PENDING, ts[i] and codes[i] are its event time and code (the scanner's
     layout), and its five `EVENT_STRINGS` are next in `strings` (call id, trust, answered
     by, redirect to, resource id; empty when absent)."""
 
-    buf: bytes
+    buf: np.ndarray
     starts: np.ndarray
     lens: np.ndarray
     ts: np.ndarray
