@@ -5,6 +5,7 @@ two workers, and a plain Faust baseline in the same run (JSON out).
                                     [--latency-seconds 60] [--latency-rate 2000]
                                     [--workdir DIR] [--skip-baseline] [--skip-latency]
                                     [--skip-two-workers] [--skip-parity]
+                                    [--warmup-events 200000]
 
 Starts a private single-node broker (Apache Kafka, KRaft, loopback; stopped at the end, also
 on failure), writes an England-wide synthetic log of `--events` events, and pre-loads it

@@ -133,6 +133,40 @@ class WindowTotals:
             tot.flush()
         self.windows.add_response(trust, category, stop_ts, ms)
 
+    def add_outcomes(self, calls: list, responses: list) -> None:
+        """A partition's outcomes of one bucket: `calls` as (trust, ts, kind) with kind
+        CALLS, HEAR_AND_TREAT, REDIRECTED or REDIRECTED_C1 (a C1 redirect), `responses` as
+        (trust, category, stop, ms); the same as the `on_*` calls one by one, without a
+        call per outcome (the merge's hottest loop)."""
+        if calls:
+            last_call = self.last_call
+            add_total = self.windows.add_total
+            for trust, ts, kind in calls:
+                if kind == CALLS:
+                    self.calls += 1
+                    if ts > last_call.get(trust, -1):
+                        last_call[trust] = ts
+                elif kind == HEAR_AND_TREAT:
+                    self.hear_and_treat += 1
+                else:
+                    self.redirected += 1
+                    if kind == REDIRECTED_C1:
+                        add_total(trust, ts, REDIRECTED)
+                add_total(trust, ts, kind)
+        if responses:
+            categories = self.categories
+            add_response = self.windows.add_response
+            for trust, cat, stop, ms in responses:
+                tot = categories[cat]
+                tot.count += 1
+                tot.sum_ms += ms
+                if ms > tot.max_ms:
+                    tot.max_ms = ms
+                tot.pending.append(ms)
+                if len(tot.pending) >= 65536:
+                    tot.flush()
+                add_response(trust, cat, stop, ms)
+
     def on_incomplete(self, reason: str, trust: str | None) -> None:
         pass  # counted by the join; reported in the summary
 
@@ -279,6 +313,42 @@ class PartitionMerge:
             self._merged_sorted = True
         return self._merged
 
+    def _take_waiting(self, st: _PartitionState, outcome) -> None:
+        """Apply a partition's waiting changes, keeping the merged state up to date from
+        the changes themselves: counts by difference, the earliest start when a change
+        comes before it; a key is redone from every partition (`_merge_waiting`) only
+        when the call holding its earliest start leaves."""
+        merged = self._merged
+        stale = self._stale
+        if merged is None or not outcome.waiting_delta:
+            stale.update(apply_waiting(st.waiting, outcome))
+            return
+        state = st.waiting
+        for k, v in outcome.waiting.items():
+            old = state.get(k)
+            if v is None:
+                state.pop(k, None)
+            else:
+                state[k] = v
+            if k in stale:
+                continue                          # redone when read
+            m = merged.get(k)
+            if m is None:
+                if old is None and v is not None:
+                    merged[k] = v                 # no partition had it
+                    self._merged_sorted = False
+                elif old is not None:
+                    stale.add(k)
+                continue
+            n, oldest = m
+            if v is not None and v[1] <= oldest:
+                oldest = v[1]
+            elif old is not None and old[1] == oldest:
+                stale.add(k)                      # the earliest may have left
+                continue
+            merged[k] = (n + (v[0] if v is not None else 0) - (old[0] if old is not None else 0),
+                         oldest)
+
     def _merge_waiting(self, keys: Iterable) -> None:
         """Redo the merged waiting state's `keys` from the partitions'."""
         merged = self._merged
@@ -374,18 +444,9 @@ class PartitionMerge:
                 while q and q[0].end <= end:
                     b = q.popleft()
                     active = active or b.active
-                    for trust, ts, kind in b.calls:
-                        if kind == CALLS:
-                            totals.on_call(trust, ts)
-                        elif kind == HEAR_AND_TREAT:
-                            totals.on_hear_and_treat(trust, ts)
-                        else:
-                            totals.on_redirected(trust, ts, "C1" if kind == REDIRECTED_C1
-                                                 else None)
-                    for trust, cat, stop, ms in b.responses:
-                        totals.on_response(trust, cat, stop, ms)
+                    totals.add_outcomes(b.calls, b.responses)
                     if b.waiting is not None:
-                        self._stale.update(apply_waiting(st.waiting, b))
+                        self._take_waiting(st, b)
             if active:
                 self.last_activity = start
             cache: list = []

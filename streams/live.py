@@ -3,8 +3,9 @@
 Level 1 (`JoinStage`): a consumer group over the three co-partitioned input topics. Each
 assigned partition gets a `streams.fast.partjoin.ColumnarPartitionJoin` (the reorder buffer
 and per-call join of `streams.partition.PartitionJoin`, its reference, in Numba kernels over
-arrays); every fetched chunk is scanned in one pass per topic (`RecordDecoder.scan`; the
-reference decoder for what the scanner is not sure of), fed source by source (a fixed order,
+arrays); fetched record batches are read as columns (`streams.rawfetch`: one Numba pass per
+fetch, no object per record), every chunk is scanned in one pass per topic (the reference
+decoder for what the scanner is not sure of), fed source by source (a fixed order,
 so a chunk's effect is reproducible) in one kernel call, and released with the partition's
 watermark in another: the minimum over its three topics of (highest event time - allowed
 lateness), leaving out topics that are caught up and have been quiet for `idle_timeout` of

@@ -110,14 +110,27 @@ class WindowStore:
         self.late_responses = 0
         self.too_late = 0
 
+    #: whether `buckets` may not be in time order (a bucket made before a later one);
+    #: class-level defaults also serve snapshots taken before these existed
+    _unordered = True
+    _newest = -(1 << 62)
+
     # -- input -------------------------------------------------------------------------
+    def _new_bucket(self, start: int) -> Pane:
+        bucket = self.buckets[start] = Pane()
+        if start < self._newest:
+            self._unordered = True
+        else:
+            self._newest = start
+        return bucket
+
     def add_response(self, trust: str, category: str, stop_ts: int, ms: int) -> None:
         start = stop_ts - stop_ts % self.bucket_ms
         key = (trust, category)
         if self.closed_until is None or start >= self.closed_until:
             bucket = self.buckets.get(start)
             if bucket is None:
-                bucket = self.buckets[start] = Pane()
+                bucket = self._new_bucket(start)
             vals = bucket.values.get(key)
             if vals is None:
                 bucket.values[key] = [ms]
@@ -130,7 +143,7 @@ class WindowStore:
         """The closed bucket at `start`, recreated if it is still within retention."""
         bucket = self.buckets.get(start)
         if bucket is None and start >= self.closed_until - self.bucket_keep_ms:
-            bucket = self.buckets[start] = Pane()
+            bucket = self._new_bucket(start)
         return bucket
 
     def _late_targets(self, start: int) -> list[Pane]:
@@ -167,7 +180,7 @@ class WindowStore:
         if self.closed_until is None or start >= self.closed_until:
             bucket = self.buckets.get(start)
             if bucket is None:
-                bucket = self.buckets[start] = Pane()
+                bucket = self._new_bucket(start)
             bucket.add_total(trust, which)
             return
         targets = self._late_targets(start)
@@ -222,15 +235,23 @@ class WindowStore:
                 if (b := self.buckets.get(s)) is not None]
 
     def _fill_centiles(self, pending: list) -> None:
-        arrays = [arr for _, arr in pending]
+        """Mean, centiles, max and sum of every record with responses, from one
+        concatenation: numpy calls per record cost more than the arithmetic."""
+        arrays = [vals for _, vals in pending]
         offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
         np.cumsum([len(a) for a in arrays], out=offsets[1:])
-        values = np.concatenate(arrays) / 1000.0
-        qs = segment_quantiles(values, offsets, QUANTILES, self.accuracy)
-        for (rec, _), (p50, p90, p99) in zip(pending, qs.tolist()):
+        ms = np.concatenate(arrays).astype(np.int64, copy=False)
+        starts = offsets[:-1]
+        totals = np.add.reduceat(ms, starts).tolist()
+        highs = np.maximum.reduceat(ms, starts).tolist()
+        qs = segment_quantiles(ms / 1000.0, offsets, QUANTILES, self.accuracy)
+        for (rec, _), total, high, (p50, p90, p99) in zip(pending, totals, highs, qs.tolist()):
+            rec["mean_s"] = round(total / rec["count"] / 1000.0, 3)
             rec["p50_s"] = round(p50, 3)
             rec["p90_s"] = round(p90, 3)
             rec["p99_s"] = round(p99, 3)
+            rec["max_s"] = high / 1000.0
+            rec["sum_s"] = total / 1000.0
 
     def _close_calendar(self, end: int, pressure: Callable[[], dict]) -> Iterator[dict]:
         if self.next_midnight is None:
@@ -256,8 +277,17 @@ class WindowStore:
         self.next_midnight = local_day_start(end + 36 * HOUR_MS, self.tz)
 
     def _forget(self, end: int) -> None:
-        for s in [s for s in self.buckets if s < end - self.bucket_keep_ms]:
-            del self.buckets[s]
+        buckets = self.buckets
+        if self._unordered:
+            self.buckets = buckets = dict(sorted(buckets.items()))
+            self._unordered = False
+        # oldest first (kept in time order above): no scan of every bucket every close
+        cutoff = end - self.bucket_keep_ms
+        while buckets:
+            s = next(iter(buckets))
+            if s >= cutoff:
+                break
+            del buckets[s]
         for size, panes in self.panes.items():
             keep = self.retention_ms if size != _CALENDAR_PANE_MS else 26 * HOUR_MS
             # panes are made in time order, one per close (`close`), so the oldest come
@@ -323,13 +353,11 @@ class WindowStore:
         rec["category"] = cat
         rec["count"] = n
         if n:
-            arr = np.asarray(vals, dtype=np.int64)
-            total = int(arr.sum())
-            rec["mean_s"] = round(total / n / 1000.0, 3)
-            rec["p50_s"] = rec["p90_s"] = rec["p99_s"] = None   # filled in one batch
-            self._pending.append((rec, arr))
-            rec["max_s"] = int(arr.max()) / 1000.0
-            rec["sum_s"] = total / 1000.0
+            # every figure is filled in one batch (`_fill_centiles`); the keys go in now, in
+            # the record's order
+            rec["mean_s"] = rec["p50_s"] = rec["p90_s"] = rec["p99_s"] = rec["max_s"] = None
+            rec["sum_s"] = None
+            self._pending.append((rec, vals))
         else:
             rec["mean_s"] = rec["p50_s"] = rec["p90_s"] = rec["p99_s"] = rec["max_s"] = None
             rec["sum_s"] = 0.0

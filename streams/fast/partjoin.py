@@ -2,11 +2,11 @@
 `streams.partition.PartitionJoin` (its reference, checked in tests/test_partjoin.py), from the
 kernels of `streams.fast.livejoin`.
 
-Per fetched chunk: each topic's run of records (`streams.fast.recordbatch.RecordRun`)
-copied into the arena and scanned there (`RecordDecoder.scan_spans`), call ids interned to slots in
-a dict, one `live_feed` call; per watermark, one `live_release` call. Records the scanner is
-not sure of go through the reference decoder, so what is accepted and every rejection are
-the reference's. The state pickles as arrays (a snapshot is a few copies, not an object
+Per fetched chunk: each topic's run of records (`streams.fast.recordbatch.RecordRun`) is
+copied into the arena and scanned there (`RecordDecoder.scan_spans`), call ids are interned
+to slots in a dict, and one `live_feed` call feeds them; per watermark, one `live_release`
+call. Records the scanner is not sure of go through the reference decoder, so what is
+accepted and every rejection are the reference's. The state pickles as arrays (a snapshot is a few copies, not an object
 graph), and given the same snapshot, chunks and watermarks it gives the same reports: the
 worker's recovery redoes chunks on that."""
 
