@@ -71,6 +71,15 @@ class CategoryTotals:
         self.pending: list[int] = []
         self.sketch = QuantileSketch(accuracy)
 
+    def add(self, ms: int) -> None:
+        self.count += 1
+        self.sum_ms += ms
+        if ms > self.max_ms:
+            self.max_ms = ms
+        self.pending.append(ms)
+        if len(self.pending) >= 65536:
+            self.flush()
+
     def flush(self) -> None:
         if self.pending:
             self.sketch.add_many(np.array(self.pending, dtype=np.float64) / 1000.0)
@@ -107,37 +116,23 @@ class WindowTotals:
 
     # -- outcomes (the join's OutcomeSink, window half) ---------------------------------
     def on_call(self, trust: str, ts: int) -> None:
-        self.calls += 1
-        if ts > self.last_call.get(trust, -1):
-            self.last_call[trust] = ts
-        self.windows.add_total(trust, ts, CALLS)
+        self.add_outcomes(((trust, ts, CALLS),), ())
 
     def on_hear_and_treat(self, trust: str, ts: int) -> None:
-        self.hear_and_treat += 1
-        self.windows.add_total(trust, ts, HEAR_AND_TREAT)
+        self.add_outcomes(((trust, ts, HEAR_AND_TREAT),), ())
 
     def on_redirected(self, trust: str, ts: int, category: str | None) -> None:
-        self.redirected += 1
-        self.windows.add_total(trust, ts, REDIRECTED)
-        if category == "C1":
-            self.windows.add_total(trust, ts, REDIRECTED_C1)
+        self.add_outcomes(((trust, ts, REDIRECTED_C1 if category == "C1" else REDIRECTED),), ())
 
     def on_response(self, trust: str, category: str, stop_ts: int, ms: int) -> None:
-        tot = self.categories[category]
-        tot.count += 1
-        tot.sum_ms += ms
-        if ms > tot.max_ms:
-            tot.max_ms = ms
-        tot.pending.append(ms)
-        if len(tot.pending) >= 65536:
-            tot.flush()
-        self.windows.add_response(trust, category, stop_ts, ms)
+        self.add_outcomes((), ((trust, category, stop_ts, ms),))
 
     def add_outcomes(self, calls: list, responses: list) -> None:
         """A partition's outcomes of one bucket: `calls` as (trust, ts, kind) with kind
         CALLS, HEAR_AND_TREAT, REDIRECTED or REDIRECTED_C1 (a C1 redirect), `responses` as
-        (trust, category, stop, ms); the same as the `on_*` calls one by one, without a
-        call per outcome (the merge's hottest loop)."""
+        (trust, category, stop, ms). The one place outcomes reach the windows and totals
+        (the `on_*` hooks of the offline join come here too); the merge adds a bucket's
+        outcomes in one call, its hottest loop."""
         if calls:
             last_call = self.last_call
             add_total = self.windows.add_total
@@ -157,14 +152,7 @@ class WindowTotals:
             categories = self.categories
             add_response = self.windows.add_response
             for trust, cat, stop, ms in responses:
-                tot = categories[cat]
-                tot.count += 1
-                tot.sum_ms += ms
-                if ms > tot.max_ms:
-                    tot.max_ms = ms
-                tot.pending.append(ms)
-                if len(tot.pending) >= 65536:
-                    tot.flush()
+                categories[cat].add(ms)
                 add_response(trust, cat, stop, ms)
 
     def on_incomplete(self, reason: str, trust: str | None) -> None:
