@@ -1,21 +1,24 @@
 """Event-time windows: aligned buckets per (trust, category), merged into rolling and calendar
 windows and emitted once when the watermark passes their end (CONTRACT §3-4).
 
-Storage is values, not sketches: each bucket keeps the response times (integer ms) that
-stopped in it, so count, sum and max are exact and every sketch is built from exactly the same
-multiset whatever the arrival order. Panes (one per window `every`) are concatenations of
-their buckets, built once when they close; a window is a concatenation of its panes, then one
-sketch `add_many` call. Late responses (their bucket already closed) are added to every pane
+A bucket keeps the response times (integer ms) that stopped in it. When a pane (one per window
+`every`), window or calendar day closes, its buckets and smaller panes are summed into a
+`Span`: per (trust, category) exact count, sum, min and max, and a histogram of the values by
+sketch bucket, which is all a record's centiles read (the sketch's own answers, whatever the
+arrival order). Late responses (their bucket already closed) are added to every bucket, pane
 and day that already holds their bucket, counted as `late`, and never lost."""
 
 from __future__ import annotations
 
+from itertools import chain
 from typing import Callable, Iterator
 
 import numpy as np
 
 from streams.settings import HOUR_MS, ProcessingSettings, RollingWindow
-from streams.sketch import segment_quantiles
+from streams.fast.spans import (COUNT, EMPTY_EXT, HIGH, LATE, SUM, accumulate, positions,
+                                span_quantiles)
+from streams.sketch import _mapping
 from streams.timefmt import format_ts, local_date, local_day_start, local_month_start
 
 #: Category keys of window records, in output order (C1T is a reporting split of C1).
@@ -28,10 +31,13 @@ _CALENDAR_PANE_MS = 15 * 60_000   # every real time-zone offset is a multiple of
 # per-trust call totals: calls, hear_and_treat, redirected, redirected_c1
 CALLS, HEAR_AND_TREAT, REDIRECTED, REDIRECTED_C1 = range(4)
 _TOTAL_NAMES = ("calls", "hear_and_treat", "redirected", "redirected_c1")
+_CATEGORY_INDEX = {c: i for i, c in enumerate(CATEGORY_KEYS)}
+_QS = np.array(QUANTILES, np.float64)
 
 
 class Pane:
-    """Responses and call totals of one aligned span (a bucket, a pane or a calendar day)."""
+    """Responses and call totals of one bucket (panes and days of snapshots from before
+    `Span` are Panes too, holding value arrays)."""
 
     __slots__ = ("values", "late", "totals")
 
@@ -55,33 +61,50 @@ class Pane:
         self.late[key] = self.late.get(key, 0) + 1
 
 
-def _merge(panes: list[Pane]) -> Pane:
-    """Concatenate panes into one (values as int64 arrays)."""
-    out = Pane()
-    collected: dict[tuple[str, str], list] = {}
-    for p in panes:
-        for key, vals in p.values.items():
-            lst = collected.get(key)
-            if lst is None:
-                collected[key] = [vals]
+class Span:
+    """A closed span (a pane, a window, a calendar day) as dense aggregates: one row per
+    (trust, category) (row = trust id * 5 + category index, trust ids the store's): exact
+    count, sum, late, zeros, max and min (ms), and a histogram of the positive values by
+    sketch position (column = position - `base`); call totals per trust id. Spans add up
+    (`WindowStore._span`), so a window costs its panes' rows, not every value in it."""
+
+    __slots__ = ("stat", "ext", "base", "hist", "totals")
+
+    def __init__(self, n_trusts: int, base: int, width: int) -> None:
+        rows = n_trusts * len(CATEGORY_KEYS)
+        self.stat = np.zeros((rows, 4), np.int64)      # count, sum ms, late, zeros
+        self.ext = np.empty((rows, 2), np.int64)       # max ms, -min ms
+        self.ext[:] = EMPTY_EXT
+        self.base = base
+        self.hist = np.zeros((rows, width), np.int32)
+        self.totals = np.zeros((n_trusts, 4), np.int64)
+
+    def add(self, other: "Span") -> None:
+        """Add `other` in place (its rows and positions fit in this span's)."""
+        r = other.stat.shape[0]
+        self.stat[:r] += other.stat
+        np.maximum(self.ext[:r], other.ext, out=self.ext[:r])
+        if other.hist.shape[1]:
+            lo = other.base - self.base
+            self.hist[:r, lo:lo + other.hist.shape[1]] += other.hist
+        self.totals[:other.totals.shape[0]] += other.totals
+
+    def fit(self, n_trusts: int, lo: int, hi: int) -> None:
+        """Grow (in place) to `n_trusts` trusts and positions [lo, hi] (none if hi < lo):
+        a late response or call total."""
+        rows, width = self.hist.shape
+        new_rows = max(rows, n_trusts * len(CATEGORY_KEYS))
+        if width:
+            if hi < lo:
+                lo, hi = self.base, self.base + width - 1
             else:
-                lst.append(vals)
-        for key, n in p.late.items():
-            out.late[key] = out.late.get(key, 0) + n
-        for trust, t in p.totals.items():
-            o = out.totals.get(trust)
-            if o is None:
-                out.totals[trust] = list(t)
-            else:
-                o[0] += t[0]; o[1] += t[1]; o[2] += t[2]; o[3] += t[3]
-    for key, parts in collected.items():
-        if len(parts) == 1:
-            v = parts[0]
-            out.values[key] = v if isinstance(v, np.ndarray) else np.array(v, dtype=np.int64)
-        else:
-            out.values[key] = np.concatenate(
-                [p if isinstance(p, np.ndarray) else np.array(p, dtype=np.int64) for p in parts])
-    return out
+                lo, hi = min(lo, self.base), max(hi, self.base + width - 1)
+        if new_rows == rows and hi - lo + 1 == width and (not width or lo == self.base):
+            return
+        grown = Span(new_rows // len(CATEGORY_KEYS), lo if hi >= lo else 0, max(hi - lo + 1, 0))
+        grown.add(self)
+        self.stat, self.ext, self.base = grown.stat, grown.ext, grown.base
+        self.hist, self.totals = grown.hist, grown.totals
 
 
 class WindowStore:
@@ -98,7 +121,7 @@ class WindowStore:
                                  | ({_CALENDAR_PANE_MS} if self.calendar else set()))
         self.buckets: dict[int, Pane] = {}
         self.panes: dict[int, dict[int, Pane]] = {size: {} for size in self.pane_sizes}
-        self.days: dict[int, Pane] = {}          # local day start -> day pane (for mtd)
+        self.days: dict[int, Span] = {}          # local day start -> day span (for mtd)
         self.closed_until: int | None = None     # every bucket ending at or before is closed
         self.retention_ms = max([w.size_ms for w in self.windows] + [HOUR_MS]) + HOUR_MS
         #: buckets are kept while a window reads them directly (every == bucket) or a pane
@@ -106,9 +129,29 @@ class WindowStore:
         self.bucket_keep_ms = max([w.size_ms for w in self.windows if w.every_ms == self.bucket_ms]
                                   + self.pane_sizes + [0]) + self.bucket_ms
         self.next_midnight: int | None = None
-        self._pending: list = []
+        #: trust ids: a span's rows (`Span`)
+        self.trust_ids: dict[str, int] = {}
+        self.trust_names: list[str] = []
         self.late_responses = 0
         self.too_late = 0
+
+    def __setstate__(self, state: dict) -> None:
+        # snapshots from before spans: their panes and days are value `Pane`s, which
+        # `_span` and the late path still read
+        state.setdefault("trust_ids", {})
+        state.setdefault("trust_names", [])
+        state.pop("_pending", None)
+        self.__dict__.update(state)
+
+    def _trust_id(self, trust: str) -> int:
+        t = self.trust_ids.get(trust)
+        if t is None:
+            t = self.trust_ids[trust] = len(self.trust_names)
+            self.trust_names.append(trust)
+        return t
+
+    def _row(self, key: tuple[str, str]) -> int:
+        return self._trust_id(key[0]) * len(CATEGORY_KEYS) + _CATEGORY_INDEX[key[1]]
 
     #: whether `buckets` may not be in time order (a bucket made before a later one);
     #: class-level defaults also serve snapshots taken before these existed
@@ -146,7 +189,7 @@ class WindowStore:
             bucket = self._new_bucket(start)
         return bucket
 
-    def _late_targets(self, start: int) -> list[Pane]:
+    def _late_targets(self, start: int) -> list[Pane | Span]:
         """Every retained bucket, pane and day holding the closed bucket at `start`."""
         targets = []
         bucket = self._late_bucket(start)
@@ -166,6 +209,9 @@ class WindowStore:
         self.late_responses += 1
         targets = self._late_targets(bucket_start)
         for pane in targets:
+            if type(pane) is Span:
+                self._late_into_span(pane, key, ms)
+                continue
             vals = pane.values.get(key)
             if isinstance(vals, list):
                 vals.append(ms)
@@ -174,6 +220,16 @@ class WindowStore:
                 pane.add_late(key, ms)
         if not targets:
             self.too_late += 1
+
+    def _late_into_span(self, span: Span, key: tuple[str, str], ms: int) -> None:
+        row = self._row(key)
+        m = _mapping(self.accuracy)
+        pos, lo, hi = positions(np.array([ms], np.int64), m.table, m.bounds,
+                                np.int64(m.shift))
+        span.fit(len(self.trust_names), lo, hi)
+        accumulate(np.array([row], np.int64), np.array([ms], np.int64), pos,
+                   np.int64(span.base), span.stat, span.ext, span.hist)
+        span.stat[row, LATE] += 1
 
     def add_total(self, trust: str, ts: int, which: int) -> None:
         start = ts - ts % self.bucket_ms
@@ -185,7 +241,12 @@ class WindowStore:
             return
         targets = self._late_targets(start)
         for pane in targets:
-            pane.add_total(trust, which)
+            if type(pane) is Span:
+                t = self._trust_id(trust)
+                pane.fit(len(self.trust_names), 0, -1)
+                pane.totals[t, which] += 1
+            else:
+                pane.add_total(trust, which)
         if not targets:
             self.too_late += 1
 
@@ -194,14 +255,12 @@ class WindowStore:
         """Close the bucket ending at `end`; return every window record ending there.
 
         `pressure()` gives (trust, category) -> (waiting, longest wait ms) at `end`; it is
-        called only when a window is emitted. The centiles of all records are computed in
-        one `segment_quantiles` kernel call (the sketch's exact answers, batched)."""
+        called only when a window is emitted."""
         self.closed_until = end
-        self._pending = []
         out: list[dict] = []
         for i, size in enumerate(self.pane_sizes):
             if end % size == 0:
-                self.panes[size][end - size] = _merge(self._pane_parts(end - size, end, i))
+                self.panes[size][end - size] = self._span(self._pane_parts(end - size, end, i))
         for w in self.windows:
             if end % w.every_ms == 0:
                 if w.every_ms == self.bucket_ms:
@@ -211,15 +270,13 @@ class WindowStore:
                 start = end - w.size_ms
                 parts = [p for s in range(start, end, w.every_ms)
                          if (p := source.get(s)) is not None]
-                out.extend(self._records(w.name, start, end, _merge(parts), pressure()))
+                out.extend(self._records(w.name, start, end, self._span(parts), pressure()))
         if self.calendar:
             out.extend(self._close_calendar(end, pressure))
         self._forget(end)
-        if self._pending:
-            self._fill_centiles(self._pending)
         return out
 
-    def _pane_parts(self, start: int, end: int, i: int) -> list[Pane]:
+    def _pane_parts(self, start: int, end: int, i: int) -> list[Pane | Span]:
         """What the pane [start, end) of `pane_sizes[i]` is made of: the panes of the largest
         smaller size that divides it (an hour of four quarter-hour panes rather than sixty
         buckets), when every one of them was made (each close makes its own; none before
@@ -234,24 +291,46 @@ class WindowStore:
         return [b for s in range(start, end, self.bucket_ms)
                 if (b := self.buckets.get(s)) is not None]
 
-    def _fill_centiles(self, pending: list) -> None:
-        """Mean, centiles, max and sum of every record with responses, from one
-        concatenation: numpy calls per record cost more than the arithmetic."""
-        arrays = [vals for _, vals in pending]
-        offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
-        np.cumsum([len(a) for a in arrays], out=offsets[1:])
-        ms = np.concatenate(arrays).astype(np.int64, copy=False)
-        starts = offsets[:-1]
-        totals = np.add.reduceat(ms, starts).tolist()
-        highs = np.maximum.reduceat(ms, starts).tolist()
-        qs = segment_quantiles(ms / 1000.0, offsets, QUANTILES, self.accuracy)
-        for (rec, _), total, high, (p50, p90, p99) in zip(pending, totals, highs, qs.tolist()):
-            rec["mean_s"] = round(total / rec["count"] / 1000.0, 3)
-            rec["p50_s"] = round(p50, 3)
-            rec["p90_s"] = round(p90, 3)
-            rec["p99_s"] = round(p99, 3)
-            rec["max_s"] = high / 1000.0
-            rec["sum_s"] = total / 1000.0
+    def _span(self, parts: list) -> Span:
+        """`parts` (buckets' values, spans) summed into a new Span: a bucket's values are
+        added in one kernel call for all buckets, a span by adding its arrays."""
+        spans = []
+        rows, lens, values, late, totals = [], [], [], [], []
+        for part in parts:
+            if type(part) is Span:
+                spans.append(part)
+                continue
+            for key, vals in part.values.items():        # a bucket (or an older pane)
+                rows.append(self._row(key))
+                lens.append(len(vals))
+                values.append(vals)
+            for key, n in part.late.items():
+                late.append((self._row(key), n))
+            for trust, t in part.totals.items():
+                totals.append((self._trust_id(trust), t))
+        lo, hi = 1 << 62, -1
+        if values:
+            m = _mapping(self.accuracy)
+            ms = np.fromiter(chain.from_iterable(values), np.int64, sum(lens))
+            pos, lo, hi = positions(ms, m.table, m.bounds, np.int64(m.shift))
+            if hi < 0:
+                lo = 1 << 62
+        for sp in spans:
+            w = sp.hist.shape[1]
+            if w:
+                lo = min(lo, sp.base)
+                hi = max(hi, sp.base + w - 1)
+        out = Span(len(self.trust_names), lo if hi >= lo else 0, max(hi - lo + 1, 0))
+        for sp in spans:
+            out.add(sp)
+        if values:
+            accumulate(np.repeat(np.array(rows, np.int64), lens), ms, pos, np.int64(out.base),
+                       out.stat, out.ext, out.hist)
+        for row, n in late:
+            out.stat[row, LATE] += n
+        for tid, t in totals:
+            out.totals[tid] += t
+        return out
 
     def _close_calendar(self, end: int, pressure: Callable[[], dict]) -> Iterator[dict]:
         if self.next_midnight is None:
@@ -262,7 +341,7 @@ class WindowStore:
             return
         day_start = local_day_start(end - 1, self.tz)
         panes = self.panes[_CALENDAR_PANE_MS]
-        day = _merge([p for s in range(day_start, end, _CALENDAR_PANE_MS)
+        day = self._span([p for s in range(day_start, end, _CALENDAR_PANE_MS)
                       if (p := panes.get(s)) is not None])
         self.days[day_start] = day
         label = local_date(day_start, self.tz)
@@ -270,7 +349,7 @@ class WindowStore:
             yield from self._records("day", day_start, end, day, pressure(), date=label)
         if "mtd" in self.calendar:
             month_start = local_month_start(end - 1, self.tz)
-            mtd = _merge([d for s, d in sorted(self.days.items()) if s >= month_start])
+            mtd = self._span([d for s, d in sorted(self.days.items()) if s >= month_start])
             yield from self._records("mtd", month_start, end, mtd, pressure(), date=label)
             for s in [s for s in self.days if s < month_start]:
                 del self.days[s]
@@ -299,86 +378,106 @@ class WindowStore:
                 del panes[s]
 
     # -- records -----------------------------------------------------------------------
-    def _records(self, name: str, start: int, end: int, pane: Pane, pressure: dict,
-                 date: str | None = None) -> Iterator[dict]:
-        trusts = sorted({t for t, _ in pane.values} | set(pane.totals)
-                        | {t for t, _ in pressure})
+    def _records(self, name: str, start: int, end: int, span: Span, pressure: dict,
+                 date: str | None = None) -> list[dict]:
+        nt = span.totals.shape[0]
+        nc = len(CATEGORY_KEYS)
+        names = self.trust_names
+        present = span.stat[:, COUNT].reshape(nt, nc).any(axis=1) | span.totals.any(axis=1)
+        trusts = {names[t] for t in np.flatnonzero(present).tolist()}
+        trusts.update(t for t, _ in pressure)
         if not trusts:
-            return
+            return []
+        # every trust's rows, then the all-trusts rows; centiles of all in one kernel call
+        stat = np.concatenate([span.stat, span.stat.reshape(nt, nc, 4).sum(axis=0)])
+        ext = np.concatenate([span.ext, span.ext.reshape(nt, nc, 2).max(axis=0, initial=EMPTY_EXT[1])])
+        width = span.hist.shape[1]
+        hist = np.concatenate([span.hist, span.hist.reshape(nt, nc, width).sum(axis=0, dtype=np.int32)])
+        quantiles = span_quantiles(stat, ext, hist, np.int64(span.base), _QS,
+                                   _mapping(self.accuracy).reps).tolist()
+        stat = stat.tolist()
+        ext = ext.tolist()
+        totals = span.totals.tolist()
+
         head = {"window": name, "start": format_ts(start), "end": format_ts(end)}
         if date is not None:
             head["date"] = date
-        by_cat_all: dict[str, list] = {c: [] for c in CATEGORY_KEYS}
-        late_all: dict[str, int] = {c: 0 for c in CATEGORY_KEYS}
-        for (trust, cat), vals in pane.values.items():
-            by_cat_all[cat].append(vals)
-            late_all[cat] += pane.late.get((trust, cat), 0)
-        totals_all = [0, 0, 0, 0]
-        for t in pane.totals.values():
-            for i in range(4):
-                totals_all[i] += t[i]
         wait_all: dict[str, tuple[int, int]] = {}
         for (trust, cat), (n, longest) in pressure.items():
             old = wait_all.get(cat, (0, 0))
             wait_all[cat] = (old[0] + n, max(old[1], longest))
+        out: list[dict] = []
         # all trusts first
-        for cat in CATEGORY_KEYS:
-            parts = by_cat_all[cat]
-            vals = parts[0] if len(parts) == 1 else (np.concatenate(parts) if parts else None)
-            rec = self._category_record(head, ALL_TRUSTS, cat, vals, late_all[cat],
-                                        wait_all.get(cat))
+        base = nt * nc
+        for c, cat in enumerate(CATEGORY_KEYS):
+            rec = _category_record(head, ALL_TRUSTS, cat, stat[base + c], ext[base + c],
+                                   quantiles[base + c], wait_all.get(cat))
             if rec is not None:
-                yield rec
-        rec = self._totals_record(head, ALL_TRUSTS, totals_all, pane, None)
-        if rec is not None:
-            yield rec
-        for trust in trusts:
-            for cat in CATEGORY_KEYS:
-                key = (trust, cat)
-                rec = self._category_record(head, trust, cat, pane.values.get(key),
-                                            pane.late.get(key, 0), pressure.get(key))
+                out.append(rec)
+        totals_all = [sum(col) for col in zip(*totals)] if totals else [0, 0, 0, 0]
+        out.append(_totals_record(head, ALL_TRUSTS, totals_all, _responses(stat, base)))
+        ids = self.trust_ids
+        for trust in sorted(trusts):
+            t = ids.get(trust)
+            if t is None or t >= nt:           # only waiting calls
+                for cat in CATEGORY_KEYS:
+                    wait = pressure.get((trust, cat))
+                    if wait is not None:
+                        out.append(_category_record(head, trust, cat, None, None, None, wait))
+                continue
+            base = t * nc
+            for c, cat in enumerate(CATEGORY_KEYS):
+                rec = _category_record(head, trust, cat, stat[base + c], ext[base + c],
+                                       quantiles[base + c], pressure.get((trust, cat)))
                 if rec is not None:
-                    yield rec
-            rec = self._totals_record(head, trust, pane.totals.get(trust), pane, trust)
-            if rec is not None:
-                yield rec
+                    out.append(rec)
+            responses = _responses(stat, base)
+            tt = totals[t]
+            if responses or any(tt):
+                out.append(_totals_record(head, trust, tt, responses))
+        return out
 
-    def _category_record(self, head: dict, trust: str, cat: str, vals, late: int,
-                         wait: tuple[int, int] | None) -> dict | None:
-        n = 0 if vals is None else len(vals)
-        if n == 0 and not wait:
-            return None
-        rec = dict(head)
-        rec["trust"] = trust
-        rec["category"] = cat
-        rec["count"] = n
-        if n:
-            # every figure is filled in one batch (`_fill_centiles`); the keys go in now, in
-            # the record's order
-            rec["mean_s"] = rec["p50_s"] = rec["p90_s"] = rec["p99_s"] = rec["max_s"] = None
-            rec["sum_s"] = None
-            self._pending.append((rec, vals))
-        else:
-            rec["mean_s"] = rec["p50_s"] = rec["p90_s"] = rec["p99_s"] = rec["max_s"] = None
-            rec["sum_s"] = 0.0
-        rec["late"] = late
-        if cat != "C1T":
-            waiting, longest = wait or (0, 0)
-            rec["waiting"] = waiting
-            rec["longest_wait_s"] = longest / 1000.0
-        return rec
 
-    def _totals_record(self, head: dict, trust: str, totals, pane: Pane,
-                       only: str | None) -> dict | None:
-        responses = sum(len(v) for (t, c), v in pane.values.items()
-                        if c != "C1T" and (only is None or t == only))
-        if not totals and not responses:
-            return None
-        totals = totals or [0, 0, 0, 0]
-        rec = dict(head)
-        rec["trust"] = trust
-        rec["category"] = ALL
-        for i, name in enumerate(_TOTAL_NAMES):
-            rec[name] = totals[i]
-        rec["responses"] = responses
-        return rec
+def _responses(stat: list, base: int) -> int:
+    """Responses of a trust's rows (or the all-trusts rows) at `base`: C1T is a split of C1."""
+    return sum(stat[base + c][COUNT] for c, cat in enumerate(CATEGORY_KEYS) if cat != "C1T")
+
+
+def _category_record(head: dict, trust: str, cat: str, stat: list | None, ext: list | None,
+                     quantiles: list | None, wait: tuple[int, int] | None) -> dict | None:
+    n = stat[COUNT] if stat is not None else 0
+    if n == 0 and wait is None:
+        return None
+    rec = dict(head)
+    rec["trust"] = trust
+    rec["category"] = cat
+    rec["count"] = n
+    if n:
+        total = stat[SUM]
+        p50, p90, p99 = quantiles
+        rec["mean_s"] = round(total / n / 1000.0, 3)
+        rec["p50_s"] = round(p50, 3)
+        rec["p90_s"] = round(p90, 3)
+        rec["p99_s"] = round(p99, 3)
+        rec["max_s"] = ext[HIGH] / 1000.0
+        rec["sum_s"] = total / 1000.0
+        rec["late"] = stat[LATE]
+    else:
+        rec["mean_s"] = rec["p50_s"] = rec["p90_s"] = rec["p99_s"] = rec["max_s"] = None
+        rec["sum_s"] = 0.0
+        rec["late"] = 0
+    if cat != "C1T":
+        waiting, longest = wait or (0, 0)
+        rec["waiting"] = waiting
+        rec["longest_wait_s"] = longest / 1000.0
+    return rec
+
+
+def _totals_record(head: dict, trust: str, totals: list[int], responses: int) -> dict:
+    rec = dict(head)
+    rec["trust"] = trust
+    rec["category"] = ALL
+    for name, n in zip(_TOTAL_NAMES, totals):
+        rec[name] = n
+    rec["responses"] = responses
+    return rec

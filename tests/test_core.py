@@ -329,3 +329,73 @@ def test_hour_panes_from_quarter_hour_panes_equal_hour_panes_from_buckets():
            and r["trust"] == "LAS"]
     # at 11:00: the early one, one per close from 10:20 to 11:00, the late ones until then
     assert len(day) == 2 and day[0]["count"] == 1 + 41 + 6 and day[0]["late"] == 6
+
+
+
+def test_window_store_restored_from_value_panes_gives_the_same_records():
+    """Snapshots taken before `Span` hold panes and days as value `Pane`s and no trust ids.
+    Restored, such a store adds late responses and totals to those panes and builds windows
+    from them and from new spans alike: every record equals the uninterrupted store's."""
+    import pickle
+
+    from streams.windows import Pane, WindowStore
+
+    h, m = 3_600_000, 60_000
+    t0 = 1768377600000 + 14 * h                          # 22:00: a midnight within the run
+    trusts = ("LAS", "YAS", "NWAS")
+    cats = ("C1", "C1T", "C2", "C3", "C4")
+    responses: list[tuple] = []                          # (trust, cat, bucket, ms, late)
+    totals: list[tuple] = []                             # (trust, bucket, which)
+
+    def feed(store: WindowStore, k: int, end: int, record: bool) -> None:
+        adds = [(trusts[k % 3], cats[k % 5], end - m + 10, 0 if k % 11 == 0 else 1000 * k + 7)]
+        calls = [(trusts[k % 3], end - m, k % 4)]
+        if k % 9 == 0:                                   # late: into closed buckets and panes
+            adds.append((trusts[(k + 1) % 3], cats[(k + 2) % 5], end - 40 * m, 77 * k))
+            calls.append(("SCAS", end - 50 * m, 1))      # a trust first seen late
+        for trust, cat, stop, ms in adds:
+            store.add_response(trust, cat, stop, ms)
+            if record:
+                responses.append((trust, cat, stop - stop % m, ms, stop < end - m))
+        for trust, ts, which in calls:
+            store.add_total(trust, ts, which)
+            if record:
+                totals.append((trust, ts - ts % m, which))
+
+    def value_pane(lo: int, hi: int) -> Pane:
+        """What an older store held for [lo, hi): every response and total added so far."""
+        import numpy as np
+        pane = Pane()
+        for trust, cat, b, ms, late in responses:
+            if lo <= b < hi:
+                pane.values.setdefault((trust, cat), []).append(ms)
+                if late:
+                    pane.late[(trust, cat)] = pane.late.get((trust, cat), 0) + 1
+        pane.values = {k: np.array(v, dtype=np.int64) for k, v in pane.values.items()}
+        for trust, b, which in totals:
+            if lo <= b < hi:
+                pane.add_total(trust, which)
+        return pane
+
+    a, b = WindowStore(ProcessingSettings()), WindowStore(ProcessingSettings())
+    out_a, out_b = [], []
+    for k in range(1, 400):
+        end = t0 + k * m
+        feed(a, k, end, True)
+        feed(b, k, end, False)
+        out_a += a.close(end, lambda: {})
+        out_b += b.close(end, lambda: {})
+        if k == 150:                                     # 00:30: after a day was made
+            state = dict(b.__dict__)
+            state["panes"] = {size: {s: value_pane(s, s + size) for s in panes}
+                              for size, panes in b.panes.items()}
+            state["days"] = {s: value_pane(s, s + 24 * h) for s in b.days}
+            del state["trust_ids"], state["trust_names"]
+            b = WindowStore.__new__(WindowStore)
+            b.__setstate__(state)
+            b = pickle.loads(pickle.dumps(b))
+            assert b.days and all(type(d) is Pane for d in b.days.values())
+    assert out_b == out_a
+    assert {r["window"] for r in out_a} >= {"15m", "1h", "24h", "day", "mtd"}
+    assert any(r.get("late") for r in out_a[len(out_a) // 2:])
+    assert any(r["trust"] == "SCAS" for r in out_a[len(out_a) // 2:])
