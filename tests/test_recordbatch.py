@@ -57,8 +57,12 @@ def reference(data: bytes, fetch_offset: int) -> list[tuple]:
 
 
 def columns(run: RecordRun) -> list[tuple]:
-    return [(int(run.offsets[i]), int(run.timestamps[i]), run.key(i),
-             None if run.value_len[i] < 0 else run.value(i)) for i in range(len(run))]
+    out = [(int(run.offsets[i]), int(run.timestamps[i]), run.key(i),
+            None if run.value_len[i] < 0 else run.value(i)) for i in range(len(run))]
+    # the all-at-once accessors read the same bytes as the per-record ones
+    assert run.keys() == [k for _, _, k, _ in out]
+    assert run.values() == [v if v is not None else b"" for _, _, _, v in out]
+    return out
 
 
 records = st.lists(st.tuples(st.none() | st.binary(max_size=40), st.none() | st.binary(max_size=300),

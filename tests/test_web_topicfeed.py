@@ -50,7 +50,8 @@ def test_superseded_stats_leave_the_view_as_reading_them_all_would():
     everything, conflated = LiveView(), LiveView()
     for m in msgs:
         everything.on_stats(orjson.loads(m.value))
-    kept = superseding(msgs, b"/" + conflated.trend_window.encode())
+    kept = [msgs[i] for i in superseding([m.key for m in msgs],
+                                         b"/" + conflated.trend_window.encode())]
     for m in kept:
         conflated.on_stats(orjson.loads(m.value))
     trend_keys = sum(1 for m in msgs if m.key is not None and m.key.endswith(b"/1h"))

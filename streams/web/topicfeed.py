@@ -24,12 +24,14 @@ from typing import Callable
 
 import orjson
 
+from streams import rawfetch
 from streams.feed import HealthFacts, LiveView
 from streams.topics import TopicNames
 
 log = logging.getLogger("callstream.feed")
 
 FETCH_BYTES = 16 * 1024 * 1024
+PARSE_SLICE = 5000      # records parsed between two yields to the event loop
 
 
 class MissingTopics(RuntimeError):
@@ -91,10 +93,14 @@ class TopicFeed:
         from aiokafka import AIOKafkaConsumer
         from aiokafka.admin import AIOKafkaAdminClient
 
+        # fetches as columns (`RecordRun`): a worker catching up reads every stats record
+        # the merge writes, and a ConsumerRecord apiece cost more than the view's own work
+        rawfetch.install()
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
                                     enable_auto_commit=False, client_id="callstream-feed",
                                     max_partition_fetch_bytes=FETCH_BYTES,
-                                    fetch_max_bytes=4 * FETCH_BYTES)
+                                    fetch_max_bytes=4 * FETCH_BYTES,
+                                    value_deserializer=rawfetch.RAW_RUNS)
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap,
                                     client_id="callstream-feed-admin",
                                     request_timeout_ms=int(self.request_timeout_s * 1000))
@@ -111,16 +117,21 @@ class TopicFeed:
                         self.topics.deadletter: self._dead_letter}
             next_probe = 0.0
             while True:
-                batches = await consumer.getmany(timeout_ms=250, max_records=5000)
-                for tp, messages in batches.items():
+                batches = await consumer.getmany(timeout_ms=250, max_records=64)
+                for tp, runs in batches.items():
                     handle = handlers[tp.topic]
-                    self.records += len(messages)
-                    if tp.topic == self.topics.stats and not self.live.subscribers:
-                        kept = superseding(messages, self._trend_suffix)
-                        self.superseded += len(messages) - len(kept)
-                        messages = kept
-                    for msg in messages:
-                        handle(msg.value)
+                    for run in runs:
+                        values = run.values()
+                        self.records += len(values)
+                        if tp.topic == self.topics.stats and not self.live.subscribers:
+                            kept = superseding(run.keys(), self._trend_suffix)
+                            self.superseded += len(values) - len(kept)
+                            values = [values[i] for i in kept]
+                        for i in range(0, len(values), PARSE_SLICE):
+                            if i:
+                                await asyncio.sleep(0)     # a long backlog: let others run
+                            for value in values[i:i + PARSE_SLICE]:
+                                handle(value)
                 if time.monotonic() >= next_probe:
                     await self._probe(consumer, admin)
                     next_probe = time.monotonic() + self.probe_every_s
@@ -205,22 +216,23 @@ class TopicFeed:
         return end, {tp: om.offset for tp, om in offsets.items()}
 
 
-def superseding(messages: list, keep_suffix: bytes) -> list:
-    """The stats records of one fetch that change what the view holds once the fetch is
-    applied: the last record of each key (`trust/category/window`; the merge publishes a
-    key's windows in time order), and every record whose key ends with `keep_suffix` (the
-    trend window: each of them is a point of a trend). A worker catching up on a backlog
-    reads dozens of windows per key per fetch; parsing them all cost the worker's event loop
-    a seventh of its time. Records without a key are all kept."""
+def superseding(keys: list, keep_suffix: bytes) -> list[int]:
+    """Which stats records of one fetch (by their keys, in offset order) change what the
+    view holds once the fetch is applied: the last record of each key
+    (`trust/category/window`; the merge publishes a key's windows in time order), and every
+    record whose key ends with `keep_suffix` (the trend window: each of them is a point of a
+    trend). A worker catching up on a backlog reads dozens of windows per key per fetch;
+    parsing them all cost the worker's event loop a seventh of its time. Records without a
+    key are all kept. Returns their indexes, in order."""
     seen: set = set()
     kept = []
-    for msg in reversed(messages):
-        key = msg.key
+    for i in range(len(keys) - 1, -1, -1):
+        key = keys[i]
         if key is not None and not key.endswith(keep_suffix):
             if key in seen:
                 continue
             seen.add(key)
-        kept.append(msg)
+        kept.append(i)
     kept.reverse()
     return kept
 
