@@ -135,25 +135,22 @@ class WindowTotals:
         outcomes in one call, its hottest loop."""
         if calls:
             last_call = self.last_call
-            add_total = self.windows.add_total
+            n_calls = self.calls
             for trust, ts, kind in calls:
                 if kind == CALLS:
-                    self.calls += 1
+                    n_calls += 1
                     if ts > last_call.get(trust, -1):
                         last_call[trust] = ts
                 elif kind == HEAR_AND_TREAT:
                     self.hear_and_treat += 1
                 else:
                     self.redirected += 1
-                    if kind == REDIRECTED_C1:
-                        add_total(trust, ts, REDIRECTED)
-                add_total(trust, ts, kind)
+            self.calls = n_calls
         if responses:
             categories = self.categories
-            add_response = self.windows.add_response
-            for trust, cat, stop, ms in responses:
+            for _, cat, _, ms in responses:
                 categories[cat].add(ms)
-                add_response(trust, cat, stop, ms)
+        self.windows.add_outcomes(calls, responses)
 
     def on_incomplete(self, reason: str, trust: str | None) -> None:
         pass  # counted by the join; reported in the summary

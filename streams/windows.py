@@ -159,6 +159,12 @@ class WindowStore:
     _newest = -(1 << 62)
 
     # -- input -------------------------------------------------------------------------
+    def _bucket(self, start: int) -> Pane:
+        bucket = self.buckets.get(start)
+        if bucket is None:
+            bucket = self._new_bucket(start)
+        return bucket
+
     def _new_bucket(self, start: int) -> Pane:
         bucket = self.buckets[start] = Pane()
         if start < self._newest:
@@ -167,20 +173,43 @@ class WindowStore:
             self._newest = start
         return bucket
 
-    def add_response(self, trust: str, category: str, stop_ts: int, ms: int) -> None:
-        start = stop_ts - stop_ts % self.bucket_ms
-        key = (trust, category)
-        if self.closed_until is None or start >= self.closed_until:
-            bucket = self.buckets.get(start)
-            if bucket is None:
-                bucket = self._new_bucket(start)
-            vals = bucket.values.get(key)
+    def add_outcomes(self, calls, responses) -> None:
+        """Many `add_total`s ((trust, ts, kind), a C1 redirect counted as a redirect too)
+        and `add_response`s ((trust, category, stop, ms)) in one call: the merge's hottest
+        loop, so the on-time path is written out here; late ones go the single way."""
+        bucket_ms = self.bucket_ms
+        closed = self.closed_until if self.closed_until is not None else -(1 << 62)
+        at, bucket = None, None
+        for trust, ts, kind in calls:
+            start = ts - ts % bucket_ms
+            if start < closed:
+                if kind == REDIRECTED_C1:
+                    self._add_late_total(trust, start, REDIRECTED)
+                self._add_late_total(trust, start, kind)
+                continue
+            if start != at:
+                at, bucket = start, self._bucket(start)
+            t = bucket.totals.get(trust)
+            if t is None:
+                t = bucket.totals[trust] = [0, 0, 0, 0]
+            t[kind] += 1
+            if kind == REDIRECTED_C1:
+                t[REDIRECTED] += 1
+        for trust, category, stop_ts, ms in responses:
+            start = stop_ts - stop_ts % bucket_ms
+            if start < closed:
+                self._add_late((trust, category), start, ms)
+                continue
+            if start != at:
+                at, bucket = start, self._bucket(start)
+            vals = bucket.values.get((trust, category))
             if vals is None:
-                bucket.values[key] = [ms]
+                bucket.values[(trust, category)] = [ms]
             else:
                 vals.append(ms)
-            return
-        self._add_late(key, start, ms)
+
+    def add_response(self, trust: str, category: str, stop_ts: int, ms: int) -> None:
+        self.add_outcomes((), ((trust, category, stop_ts, ms),))
 
     def _late_bucket(self, start: int) -> Pane | None:
         """The closed bucket at `start`, recreated if it is still within retention."""
@@ -232,13 +261,14 @@ class WindowStore:
         span.stat[row, LATE] += 1
 
     def add_total(self, trust: str, ts: int, which: int) -> None:
+        """One call total (`which`: CALLS ... REDIRECTED_C1, that one counter only)."""
         start = ts - ts % self.bucket_ms
         if self.closed_until is None or start >= self.closed_until:
-            bucket = self.buckets.get(start)
-            if bucket is None:
-                bucket = self._new_bucket(start)
-            bucket.add_total(trust, which)
-            return
+            self._bucket(start).add_total(trust, which)
+        else:
+            self._add_late_total(trust, start, which)
+
+    def _add_late_total(self, trust: str, start: int, which: int) -> None:
         targets = self._late_targets(start)
         for pane in targets:
             if type(pane) is Span:
