@@ -399,3 +399,44 @@ def test_window_store_restored_from_value_panes_gives_the_same_records():
     assert {r["window"] for r in out_a} >= {"15m", "1h", "24h", "day", "mtd"}
     assert any(r.get("late") for r in out_a[len(out_a) // 2:])
     assert any(r["trust"] == "SCAS" for r in out_a[len(out_a) // 2:])
+
+
+def test_spans_summed_from_panes_give_the_sketch_answers_of_all_their_values():
+    """A window's figures come from its panes' spans added up: count, sum, extremes and the
+    centiles (`span_quantiles`) equal what the values themselves give (`segment_quantiles`,
+    the sketch's own answers), with zeros, ties and values far apart."""
+    import numpy as np
+
+    from streams.fast.spans import span_quantiles
+    from streams.sketch import _mapping, segment_quantiles
+    from streams.windows import Pane, WindowStore
+
+    rng = np.random.default_rng(7)
+    store = WindowStore(ProcessingSettings())
+    cats = ("C1", "C1T", "C2", "C3", "C4")
+    panes, everything = [], {}
+    for p in range(6):                                   # six panes, each of a few buckets
+        buckets = []
+        for _ in range(3):
+            b = Pane()
+            for _ in range(int(rng.integers(0, 40))):
+                key = (("LAS", "YAS")[int(rng.integers(0, 2))], cats[int(rng.integers(0, 5))])
+                ms = int(rng.choice([0, 1, 999, 1000, 1001, int(rng.integers(1, 10**8))]))
+                b.values.setdefault(key, []).append(ms)
+                everything.setdefault(key, []).append(ms)
+            buckets.append(b)
+        panes.append(store._span(buckets))
+    window = store._span(panes[:3] + [store._span(panes[3:])])
+    qs = np.array([0.0, 0.5, 0.9, 0.99, 1.0])
+    got = span_quantiles(window.stat, window.ext, window.hist, np.int64(window.base), qs,
+                         _mapping(store.accuracy).reps)
+    assert everything
+    for key, vals in everything.items():
+        row = store._row(key)
+        v = np.array(vals, np.int64)
+        want = segment_quantiles(v / 1000.0, np.array([0, len(v)]), qs)[0]
+        assert window.stat[row].tolist()[:2] == [len(v), int(v.sum())]
+        assert window.ext[row].tolist() == [int(v.max()), -int(v.min())]
+        assert got[row].tolist() == want.tolist(), key
+    empty = [r for r in range(window.stat.shape[0]) if not window.stat[r, 0]]
+    assert all(np.isnan(got[r]).all() for r in empty)
