@@ -343,8 +343,6 @@ class WindowStore:
             m = _mapping(self.accuracy)
             ms = np.fromiter(chain.from_iterable(values), np.int64, sum(lens))
             pos, lo, hi = positions(ms, m.table, m.bounds, np.int64(m.shift))
-            if hi < 0:
-                lo = 1 << 62
         for sp in spans:
             w = sp.hist.shape[1]
             if w:
@@ -419,10 +417,12 @@ class WindowStore:
         if not trusts:
             return []
         # every trust's rows, then the all-trusts rows; centiles of all in one kernel call
-        stat = np.concatenate([span.stat, span.stat.reshape(nt, nc, 4).sum(axis=0)])
-        ext = np.concatenate([span.ext, span.ext.reshape(nt, nc, 2).max(axis=0, initial=EMPTY_EXT[1])])
         width = span.hist.shape[1]
-        hist = np.concatenate([span.hist, span.hist.reshape(nt, nc, width).sum(axis=0, dtype=np.int32)])
+        stat = np.concatenate([span.stat, span.stat.reshape(nt, nc, 4).sum(axis=0)])
+        ext = np.concatenate([span.ext,
+                              span.ext.reshape(nt, nc, 2).max(axis=0, initial=EMPTY_EXT[1])])
+        hist = np.concatenate([span.hist,
+                               span.hist.reshape(nt, nc, width).sum(axis=0, dtype=np.int32)])
         quantiles = span_quantiles(stat, ext, hist, np.int64(span.base), _QS,
                                    _mapping(self.accuracy).reps).tolist()
         stat = stat.tolist()

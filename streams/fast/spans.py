@@ -27,7 +27,7 @@ EMPTY_EXT = (-1, -(1 << 62))
 @njit(cache=True, nogil=True)
 def positions(ms, table, bounds, shift):
     """Sketch position of each value ms / 1000 s (-1 for zero), and the lowest and highest
-    position among them (0, -1 when none is positive)."""
+    position among them (lo > hi when none is positive)."""
     n = ms.shape[0]
     out = np.empty(n, np.int64)
     x = np.empty(1, np.float64)
@@ -48,8 +48,6 @@ def positions(ms, table, bounds, shift):
             lo = p
         if p > hi:
             hi = p
-    if hi < 0:
-        lo = 0
     return out, lo, hi
 
 
@@ -59,16 +57,16 @@ def accumulate(rows, ms, pos, base, stat, ext, hist):
     for i in range(rows.shape[0]):
         r = rows[i]
         v = ms[i]
-        stat[r, 0] += 1
-        stat[r, 1] += v
+        stat[r, COUNT] += 1
+        stat[r, SUM] += v
         if v == 0:
-            stat[r, 3] += 1
+            stat[r, ZEROS] += 1
         else:
             hist[r, pos[i] - base] += 1
-        if v > ext[r, 0]:
-            ext[r, 0] = v
-        if -v > ext[r, 1]:
-            ext[r, 1] = -v
+        if v > ext[r, HIGH]:
+            ext[r, HIGH] = v
+        if -v > ext[r, NEG_LOW]:
+            ext[r, NEG_LOW] = -v
 
 
 @njit(cache=True, nogil=True)
@@ -79,13 +77,13 @@ def span_quantiles(stat, ext, hist, base, qs, reps):
     out = np.full((nr, qs.shape[0]), np.nan)
     blk = np.zeros((w >> _BLK) + 2, np.int64)
     for r in range(nr):
-        n = stat[r, 0]
+        n = stat[r, COUNT]
         if n == 0:
             continue
         h = hist[r]
         blk[:] = 0
         for i in range(w):
             blk[i >> _BLK] += h[i]
-        _quantiles(h, blk, 0, w - 1, n, stat[r, 3], -ext[r, 1] / 1000.0, ext[r, 0] / 1000.0,
-                   qs, reps, base, out, r)
+        _quantiles(h, blk, 0, w - 1, n, stat[r, ZEROS], -ext[r, NEG_LOW] / 1000.0,
+                   ext[r, HIGH] / 1000.0, qs, reps, base, out, r)
     return out
