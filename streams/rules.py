@@ -637,6 +637,12 @@ class AlertEvaluator:
 
     # -- the batch form (columnar engine) ------------------------------------------------
     @property
+    def pressure_every(self) -> int | None:
+        """`evaluate` reads `pressure()` at the boundaries that are multiples of this (None:
+        no pressure rule, never)."""
+        return self._pressure_every if self._pressure_rules else None
+
+    @property
     def windows_read(self) -> frozenset[str]:
         """The windows whose closed records the rules read (`BoundaryBatch.windows`)."""
         names = set(self._windows)

@@ -219,3 +219,48 @@ def test_waiting_deltas_are_smaller_than_whole_states(shipped):
     live(scenario_log("normal", 9, days=0.5), settings, None, 2, 9, sizes=sizes)
     sent, whole = map(sum, zip(*sizes))
     assert len(sizes) > 200 and sent < whole / 3, (sent, whole)
+
+
+def test_the_merge_runs_the_rules_over_each_step_in_one_batch(shipped):
+    """`PartitionMerge` hands a step's boundaries to `AlertEvaluator.evaluate_batch`
+    (`RuleRun`), never `evaluate` one by one: the alerts are still the single Processor's,
+    in the same order, with steps of one boundary up to whole stretches of the log, trusts
+    first seen inside a step and calls waiting coming and going."""
+    settings, _ = shipped
+    lines = scenario_log("winter-surge", 11, days=0.5)
+    _, rules_a = load_settings_and_rules(None, None)
+    _, want = offline(lines, settings, rules_a)
+    assert len({r["rule"] for r in want.alert_records}) >= 3
+    _, rules_b = load_settings_and_rules(None, None)
+    sizes: list[int] = []
+    batch = rules_b.evaluate_batch
+
+    def spy(run, emit):
+        sizes.append(len(run.ends))
+        batch(run, emit)
+
+    def one_by_one(*_args):
+        raise AssertionError("the merge evaluated a boundary on its own")
+
+    rules_b.evaluate_batch = spy
+    rules_b.evaluate = one_by_one
+    _, got = live(lines, settings, rules_b, 4, 11)
+    assert got.alert_records == want.alert_records
+    assert max(sizes) > 100 and min(sizes) == 1
+
+
+def test_rules_without_a_batch_form_are_called_at_every_boundary(shipped):
+    settings, _ = shipped
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.ends: list[int] = []
+
+        def evaluate(self, end, records, pressure, last_call, emit) -> None:
+            self.ends.append(end)
+
+    rec = Recorder()
+    merge, _ = live(scenario_log("normal", 12, days=0.2), settings, rec, 2, 12)
+    assert len(rec.ends) > 100
+    assert all(b - a == settings.bucket_ms for a, b in zip(rec.ends, rec.ends[1:]))
+    assert rec.ends[-1] == merge.frontier
