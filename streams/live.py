@@ -572,9 +572,15 @@ class JoinStage:
             caught_up = high is not None and part.offsets[s] >= high
             idle.append(caught_up and now - part.last_seen[s] >= timeout)
         strict = part.join.own_watermark()
+        known = now
         if all(idle):
             g = self.state.global_watermark
             relaxed = g if strict is None or (g is not None and g > strict) else strict
+            if relaxed == g:
+                # known since this worker learned it (the partition may have gone quiet
+                # after that): a log read to its end closes its last windows one timeout
+                # after the input stops, not two
+                known = min(now, self.state.global_since)
         elif any(idle):
             relaxed = part.join.own_watermark(idle)
         else:
@@ -584,7 +590,9 @@ class JoinStage:
             return strict
         cands = part.candidates
         if not cands or relaxed > cands[-1][1]:
-            cands.append((now, relaxed))
+            while cands and cands[-1][0] >= known:
+                cands.pop()                 # higher and known as long: no longer needed
+            cands.append((known, relaxed))
         usable = None
         while cands and now - cands[0][0] >= timeout:
             usable = cands.popleft()[1]
@@ -887,6 +895,7 @@ class LiveState:
         self.alerts = 0
         self.dead_letters = 0
         self.global_watermark: int | None = None
+        self.global_since = 0.0                      # wall time (monotonic) it last rose
         self.merge: PartitionMerge | None = None     # in the merge's own process
         self.merge_facts: MergeFacts | None = None   # in the worker, from that process
         #: where the merge (on any worker) has closed buckets through, from its progress
@@ -909,6 +918,7 @@ class LiveState:
     def advance_global(self, g: int | None) -> None:
         if g is not None and (self.global_watermark is None or g > self.global_watermark):
             self.global_watermark = g
+            self.global_since = time.monotonic()
 
     @property
     def closed_through(self) -> int | None:
@@ -1021,7 +1031,11 @@ class MergeProcess:
         self.conn = None
         self.gone = asyncio.Event()
 
-    async def start(self) -> None:
+    def spawn(self) -> None:
+        """Start the child (no event loop needed): the worker does this before Faust starts,
+        so the child's imports and connections overlap Faust's own start-up (seconds)."""
+        if self.proc is not None:
+            return
         import multiprocessing
         ctx = multiprocessing.get_context("spawn")
         ours, theirs = ctx.Pipe()
@@ -1034,7 +1048,10 @@ class MergeProcess:
         self.proc = proc
         theirs.close()
         self.conn = ours
-        asyncio.get_running_loop().add_reader(ours.fileno(), self._on_message)
+
+    async def start(self) -> None:
+        self.spawn()
+        asyncio.get_running_loop().add_reader(self.conn.fileno(), self._on_message)
 
     def _on_message(self) -> None:
         try:
@@ -1090,6 +1107,12 @@ class LiveProcessor:
         self.decoder = RecordDecoder(opts.settings.max_record_bytes)
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
+        self._merge: MergeProcess | None = None
+
+    def spawn_merge(self, loglevel: int) -> None:
+        """Start the merge's process now, ahead of `run` (see `MergeProcess.spawn`)."""
+        self._merge = MergeProcess(self.opts, self.state, loglevel)
+        self._merge.spawn()
 
     @property
     def watermark(self) -> int | None:
@@ -1102,7 +1125,8 @@ class LiveProcessor:
         producer = _producer(opts.bootstrap)
         await producer.start()
         join = JoinStage(opts, producer, self.state, self.decoder)
-        merge = MergeProcess(opts, self.state, logging.getLogger().getEffectiveLevel())
+        merge = self._merge or MergeProcess(opts, self.state,
+                                            logging.getLogger().getEffectiveLevel())
         try:
             await merge.start()
             await join.start()

@@ -72,7 +72,6 @@ def build_app(config: WorkerConfig):
         rules_factory=lambda: config.rules, idle_timeout_s=config.idle_timeout_s,
         checkpoint_every_s=config.checkpoint_every_s, on_alert=control_room.alert))
     app.callstream_live = live
-    app.task(live.run)
 
     async def stop_live(_app, **_kwargs) -> None:
         await live.stop()
@@ -95,12 +94,26 @@ def preflight(config: WorkerConfig) -> None:
 
 
 def run_worker(config: WorkerConfig, loglevel: str = "info") -> int:
+    import asyncio
     from faust import Worker
     from streams.web.attach import check_options
     check_options(config.web_host, config.web_token, config.alertmanager_url)  # before Kafka
     preflight(config)
     app = build_app(config)
-    worker = Worker(app, loglevel=loglevel, quiet=True)
+    live = app.callstream_live
+    # the merge's process starts importing now, beside Faust's own start-up
+    level = logging.getLevelName(loglevel.upper())
+    live.spawn_merge(level if isinstance(level, int) else logging.INFO)
+
+    class LiveWorker(Worker):
+        async def on_first_start(self) -> None:
+            # the processor needs only the event loop (its own Kafka clients), not the
+            # app: started before the app's start-up (which waits a fixed second for
+            # tables this worker does not have), and stopped by `stop_live`
+            self._live_run = asyncio.ensure_future(live.run())
+            await super().on_first_start()
+
+    worker = LiveWorker(app, loglevel=loglevel, quiet=True)
     log.info("callstream worker consuming %s from %s", ", ".join(
         TopicNames.with_prefix(config.topic_prefix).inputs), config.bootstrap)
     worker.execute_from_commandline()
