@@ -100,9 +100,11 @@ def _ts(value) -> int | None:
     return _cached_ts(value) if isinstance(value, str) else parse_ts(value)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CategoryStats:
-    """One closed window of one category for one trust ("*" = all trusts)."""
+    """One closed window of one category for one trust ("*" = all trusts). Never changed
+    once made; not frozen because a frozen dataclass is made field by field through
+    `object.__setattr__`, and a worker catching up makes one per trend record it reads."""
 
     window: str
     start: str
@@ -177,27 +179,36 @@ class CallTotals:
 
 
 def parse_stats(rec: dict) -> CategoryStats | CallTotals | None:
-    """A window record (CONTRACT §4) as a typed value; None when it is not one."""
+    """A window record (CONTRACT §4) as a typed value; None when it is not one. A worker
+    catching up parses every trend record the merge wrote: the field checks take the
+    common type first (`_num`, `_int` otherwise)."""
     if not isinstance(rec, dict):
         return None
-    window, trust, category = _str(rec.get("window"), 16), _str(rec.get("trust"), 16), \
-        rec.get("category")
-    start, end = rec.get("start"), rec.get("end")
+    g = rec.get
+    window, trust, category = _str(g("window"), 16), _str(g("trust"), 16), g("category")
+    start, end = g("start"), g("end")
     end_ms = _ts(end)
     if window is None or trust is None or end_ms is None or _ts(start) is None:
         return None
     if category == "ALL":
         return CallTotals(window, start, end, end_ms, trust,
-                          _int(rec.get("calls")), _int(rec.get("hear_and_treat")),
-                          _int(rec.get("redirected")), _int(rec.get("redirected_c1")),
-                          _int(rec.get("responses")))
+                          _int(g("calls")), _int(g("hear_and_treat")),
+                          _int(g("redirected")), _int(g("redirected_c1")),
+                          _int(g("responses")))
     if category not in CATEGORIES:
         return None
-    return CategoryStats(window, start, end, end_ms, trust, category, _int(rec.get("count")),
-                         _num(rec.get("mean_s")), _num(rec.get("p50_s")),
-                         _num(rec.get("p90_s")), _num(rec.get("p99_s")),
-                         _num(rec.get("max_s")), _int(rec.get("late")),
-                         _int(rec.get("waiting"), None), _num(rec.get("longest_wait_s")))
+    count, late, waiting = g("count"), g("late"), g("waiting")
+    figures = [g("mean_s"), g("p50_s"), g("p90_s"), g("p99_s"), g("max_s"),
+               g("longest_wait_s")]
+    for i, v in enumerate(figures):
+        if type(v) is not float:
+            figures[i] = _num(v)
+    mean_s, p50_s, p90_s, p99_s, max_s, longest = figures
+    return CategoryStats(window, start, end, end_ms, trust, category,
+                         count if type(count) is int else _int(count),
+                         mean_s, p50_s, p90_s, p99_s, max_s,
+                         late if type(late) is int else _int(late),
+                         waiting if type(waiting) is int else _int(waiting, None), longest)
 
 
 _SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
