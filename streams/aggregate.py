@@ -246,8 +246,8 @@ class RuleRun:
         self.windows = rules.windows_read
         self.every = rules.pressure_every
         self.ends: list[int] = []
-        self.pressure: list[dict | None] = []
-        self.last_call: list[dict] = []
+        self.pressure: list[tuple | None] = []     # (keys, values) or None: not read
+        self.last_call: list[tuple] = []           # (keys, values)
         self.records: list[list[dict]] = []
 
     @staticmethod
@@ -258,8 +258,8 @@ class RuleRun:
             last_call: dict[str, int]) -> None:
         """A boundary: its records, the merged waiting state at `end` ((trust, category) ->
         (calls, earliest clock start), as `pressure_at` reads it), the latest calls. The
-        two states are kept as (keys, values): their keys rarely change from one boundary
-        to the next, so `_batch` turns runs of boundaries into columns at once."""
+        two states are kept as (keys, values): `_batch` turns them into columns with one
+        code list per distinct key set (keys change far less often than values)."""
         self.ends.append(end)
         if self.every is not None and end % self.every == 0:
             state = waiting()
@@ -276,7 +276,7 @@ class RuleRun:
         self.rules.evaluate_batch(self._batch(), emit)
 
     @staticmethod
-    def _flat(states: list, code: Callable[[tuple], list[int]]) -> tuple[np.ndarray, ...]:
+    def _flat(states: list, code: Callable[[tuple], list[int]]) -> tuple | None:
         """(keys, values) per boundary (None: not read there) as flat columns: the
         boundary, the code of the key (`code(keys)`, computed once per distinct key set)
         and the values, one row per key (or None when no boundary has any)."""

@@ -4,7 +4,7 @@ Faust runs the process: its web server (bound to 127.0.0.1 unless told otherwise
 /health and the control-room feed from `streams.web.attach`), signal handling (SIGTERM
 snapshots the state and leaves the consumer groups) and logging. The processing itself is the
 pure core in two levels, `streams.partition` per input partition and `streams.aggregate` for
-the merge, driven by `streams.live.LiveProcessor` as one task of the app."""
+the merge, driven by `streams.live.LiveProcessor`, a task the worker starts beside the app."""
 
 from __future__ import annotations
 
@@ -40,7 +40,8 @@ class WorkerConfig:
 
 
 def build_app(config: WorkerConfig):
-    """The Faust app: web server, control-room feed, and the live processor as a task."""
+    """The Faust app: web server and control-room feed; the live processor (started by
+    `run_worker`, stopped with the app) as `app.callstream_live`."""
     import faust
 
     topics = TopicNames.with_prefix(config.topic_prefix)
@@ -111,6 +112,8 @@ def run_worker(config: WorkerConfig, loglevel: str = "info") -> int:
             # app: started before the app's start-up (which waits a fixed second for
             # tables this worker does not have), and stopped by `stop_live`
             self._live_run = asyncio.ensure_future(live.run())
+            # a failure is logged (and stops the worker) by the processor itself
+            self._live_run.add_done_callback(lambda f: f.cancelled() or f.exception())
             await super().on_first_start()
 
     worker = LiveWorker(app, loglevel=loglevel, quiet=True)
