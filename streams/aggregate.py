@@ -300,12 +300,9 @@ class RuleRun:
         return np.array(xs, np.int64), np.array(cs, np.int64), flat.reshape(len(xs), -1)
 
     def _batch(self) -> BoundaryBatch:
-        names: set = set()
-        for state in self.last_call:
-            names.update(state[0])
-        for state in self.pressure:
-            if state is not None:
-                names.update(t for t, _ in state[0])
+        names = set(self.last_call[-1][0])     # a trust's latest call is never forgotten
+        for keys in {state[0] for state in self.pressure if state is not None}:
+            names.update(t for t, _ in keys)
         for recs in self.records:
             names.update(r["trust"] for r in recs)
         names.discard(ALL_TRUSTS)
