@@ -31,6 +31,7 @@ from streams.fast.partjoin import ColumnarPartitionJoin  # noqa: E402
 from streams.fast.recordbatch import RecordRun  # noqa: E402
 from streams.fast.records import RecordDecoder  # noqa: E402
 from streams.live import _pack, _Partition, feed_chunk  # noqa: E402
+from streams.outcomes import OutcomeColumns  # noqa: E402
 from streams.partition import PartitionJoin, make_report  # noqa: E402
 from streams.settings import ProcessingSettings  # noqa: E402
 from streams.timefmt import parse_ts  # noqa: E402
@@ -92,8 +93,12 @@ def run(kind, queues, settings: ProcessingSettings, chunk: int) -> dict:
             t_feed += t1 - t0
             t_release += t2 - t1
             t_report += t3 - t2
-            totals["calls"] += sum(len(b.calls) for b in buckets)
-            totals["responses"] += sum(len(b.responses) for b in buckets)
+            if isinstance(buckets, OutcomeColumns):
+                totals["calls"] += len(buckets.calls)
+                totals["responses"] += len(buckets.responses)
+            else:
+                totals["calls"] += sum(len(b.calls) for b in buckets)
+                totals["responses"] += sum(len(b.responses) for b in buckets)
             totals["dead_letters"] += len(report.dead_letters)
             totals["reports_bytes"] += len(blob)
     elapsed = time.perf_counter() - start

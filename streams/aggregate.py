@@ -17,11 +17,13 @@ from typing import Callable, Iterable, Protocol
 import numpy as np
 
 from streams.events import DeadLetter
-from streams.rules import WAIT_CATEGORIES, BoundaryBatch, ClosedWindows
+from streams.outcomes import (B_ACTIVE, B_C0, B_C1, B_END, B_R0, B_R1, B_W0, B_W1, B_WHOLE,
+                              OutcomeColumns)
+from streams.rules import BoundaryBatch, ClosedWindows
 from streams.settings import ProcessingSettings
 from streams.sketch import QuantileSketch
 from streams.windows import (ALL_TRUSTS, CALLS, CATEGORY_KEYS, HEAR_AND_TREAT, QUANTILES,
-                             REDIRECTED, REDIRECTED_C1, WindowStore)
+                             REDIRECTED, REDIRECTED_C1, WAIT_CATEGORIES, WindowStore)
 
 
 class Outputs(Protocol):
@@ -79,6 +81,17 @@ class CategoryTotals:
         if ms > self.max_ms:
             self.max_ms = ms
         self.pending.append(ms)
+        if len(self.pending) >= 65536:
+            self.flush()
+
+    def add_many(self, ms: np.ndarray) -> None:
+        """`add` for each of `ms` (integer ms)."""
+        if not len(ms):
+            return
+        self.count += len(ms)
+        self.sum_ms += int(ms.sum())
+        self.max_ms = max(self.max_ms, int(ms.max()))
+        self.pending += ms.tolist()
         if len(self.pending) >= 65536:
             self.flush()
 
@@ -154,6 +167,87 @@ class WindowTotals:
                 categories[cat].add(ms)
         self.windows.add_outcomes(calls, responses)
 
+    def add_step(self, ends: list[int], segments: list[tuple]) -> list[tuple | None]:
+        """Outcomes of a run of boundaries `ends` (a merge step) as columns: `segments` of
+        (trust names, boundary of each call, calls [trust, ts, kind], boundary of each
+        response, responses [trust, category, stop, ms]), trusts numbered per segment; an
+        outcome's boundary is the one it is added before. What does not depend on when it
+        is added goes in now (counters, category totals, on-time outcomes into their
+        buckets: none of them is read before its boundary); per boundary, what does is
+        returned for `at_boundary`: (late calls, late responses, latest calls) or None."""
+        windows = self.windows
+        calls, responses = [], []
+        for names, cj, cs, rj, rs in segments:
+            ids = windows.ids_of(names)
+            if len(cs):
+                calls.append((cj, ids[cs[:, 0]], cs[:, 1], cs[:, 2]))
+            if len(rs):
+                responses.append((rj, ids[rs[:, 0]], rs[:, 1], rs[:, 2], rs[:, 3]))
+        m = len(ends)
+        out: list[tuple | None] = [None] * m
+        if not calls and not responses:
+            return out
+        bucket = self.settings.bucket_ms
+        closed = np.array([-(1 << 62) if windows.closed_until is None else windows.closed_until]
+                          + ends[:-1], np.int64)        # closed through, before each boundary
+        names = windows.trust_names
+        late_calls: dict[int, list] = {}
+        late_responses: dict[int, list] = {}
+        latest: dict[int, list] = {}
+        none = np.zeros(0, np.int64)
+        c_start = c_tid = c_kind = r_start = r_row = r_ms = none
+        if calls:
+            j, tid, ts, kind = (np.concatenate(x) for x in zip(*calls))
+            n = np.bincount(kind, minlength=4)
+            self.calls += int(n[CALLS])
+            self.hear_and_treat += int(n[HEAR_AND_TREAT])
+            self.redirected += int(n[REDIRECTED] + n[REDIRECTED_C1])
+            # each trust's latest call by boundary (a call may come late: still its latest)
+            pick = kind == CALLS
+            if pick.any():
+                key = j[pick] * len(names) + tid[pick]
+                t = ts[pick]
+                order = np.lexsort((t, key))
+                key, t = key[order], t[order]
+                last = np.append(key[1:] != key[:-1], True)
+                for k, v in zip(key[last].tolist(), t[last].tolist()):
+                    latest.setdefault(k // len(names), []).append((names[k % len(names)], v))
+            start = ts - ts % bucket
+            on = start >= closed[j]
+            if not on.all():
+                for x, t, v, k in zip(j[~on].tolist(), tid[~on].tolist(), ts[~on].tolist(),
+                                      kind[~on].tolist()):
+                    late_calls.setdefault(x, []).append((names[t], v, k))
+            c_start, c_tid, c_kind = start[on], tid[on], kind[on]
+        if responses:
+            j, tid, cat, stop, ms = (np.concatenate(x) for x in zip(*responses))
+            for c, key in enumerate(CATEGORY_KEYS):
+                self.categories[key].add_many(ms[cat == c])
+            start = stop - stop % bucket
+            on = start >= closed[j]
+            if not on.all():
+                for x, t, c, v, w in zip(j[~on].tolist(), tid[~on].tolist(),
+                                         cat[~on].tolist(), stop[~on].tolist(),
+                                         ms[~on].tolist()):
+                    late_responses.setdefault(x, []).append((names[t], CATEGORY_KEYS[c], v, w))
+            r_start, r_row, r_ms = start[on], tid[on] * len(CATEGORY_KEYS) + cat[on], ms[on]
+        windows.add_bucket_columns(r_start, r_row, r_ms, c_start, c_tid, c_kind)
+        for x in set(late_calls) | set(late_responses) | set(latest):
+            out[x] = (late_calls.get(x, ()), late_responses.get(x, ()), latest.get(x, ()))
+        return out
+
+    def at_boundary(self, rest: tuple | None) -> None:
+        """What `add_step` left for a boundary, added just before it closes."""
+        if rest is None:
+            return
+        late_calls, late_responses, latest = rest
+        if late_calls or late_responses:
+            self.windows.add_outcomes(late_calls, late_responses)   # all late: closed buckets
+        last_call = self.last_call
+        for trust, ts in latest:
+            if ts > last_call.get(trust, -1):
+                last_call[trust] = ts
+
     def on_incomplete(self, reason: str, trust: str | None) -> None:
         pass  # counted by the join; reported in the summary
 
@@ -216,18 +310,26 @@ def pressure_at(end: int, waiting: dict) -> dict[tuple[str, str], tuple[int, int
 def apply_waiting(state: dict, outcome) -> Iterable:
     """Bring a partition's waiting state (as the merge holds it) up to a
     `streams.partition.BucketOutcome`, in place; returns the keys that changed."""
-    change = outcome.waiting
-    if not outcome.waiting_delta:
-        keys = set(state) | set(change)
+    return apply_changes(state, outcome.waiting.items(), not outcome.waiting_delta)
+
+
+def apply_changes(state: dict, changes: Iterable[tuple], whole: bool = False) -> Iterable:
+    """`apply_waiting` for (key, (calls waiting, earliest) or None) changes; `whole`: they
+    are the whole new state (reports from before deltas)."""
+    if whole:
+        changes = dict(changes)
+        keys = set(state) | set(changes)
         state.clear()
-        state.update(change)
+        state.update(changes)
         return keys
-    for k, v in change.items():
+    keys = []
+    for k, v in changes:
+        keys.append(k)
         if v is None:
             state.pop(k, None)
         else:
             state[k] = v
-    return change.keys()
+    return keys
 
 
 _IDLE_JUMP_MS = 33 * 24 * 3_600_000  # as the Processor: past this much empty time, skip
@@ -377,7 +479,7 @@ class _PartitionState:
     """What the merge knows of one input partition."""
 
     __slots__ = ("seq", "released_through", "first_frontier", "next_slot", "source_max",
-                 "queue", "waiting", "counters", "reported")
+                 "queue", "pos", "waiting", "counters", "reported")
 
     def __init__(self) -> None:
         self.seq = 0
@@ -385,10 +487,22 @@ class _PartitionState:
         self.first_frontier: int | None = None
         self.next_slot: int | None = None
         self.source_max: tuple = ()
-        self.queue: deque = deque()
+        #: reported outcomes not added yet (`OutcomeColumns`), from bucket `pos` of the first
+        self.queue: deque[OutcomeColumns] = deque()
+        self.pos = 0
         self.waiting: dict = {}
         self.counters: dict = {}
         self.reported = False
+
+    def __setstate__(self, state) -> None:
+        self.pos = 0
+        for part in state if isinstance(state, tuple) else (state,):
+            for k, v in (part or {}).items():
+                setattr(self, k, v)
+        if self.queue and type(self.queue[0]) is not OutcomeColumns:
+            # a snapshot from before columns: its queue holds `BucketOutcome`s
+            self.queue = deque([OutcomeColumns.from_outcomes(list(self.queue)[self.pos:])])
+            self.pos = 0
 
 
 class PartitionMerge:
@@ -442,18 +556,18 @@ class PartitionMerge:
             self._merged_sorted = True
         return self._merged
 
-    def _take_waiting(self, st: _PartitionState, outcome) -> None:
-        """Apply a partition's waiting changes, keeping the merged state up to date from
-        the changes themselves: counts by difference, the earliest start when a change
-        comes before it; a key is redone from every partition (`_merge_waiting`) only
-        when the call holding its earliest start leaves."""
+    def _take_waiting(self, st: _PartitionState, changes: list[tuple], whole: bool) -> None:
+        """Apply a partition's waiting changes ((key, value or None), in order), keeping
+        the merged state up to date from the changes themselves: counts by difference, the
+        earliest start when a change comes before it; a key is redone from every partition
+        (`_merge_waiting`) only when the call holding its earliest start leaves."""
         merged = self._merged
         stale = self._stale
-        if merged is None or not outcome.waiting_delta:
-            stale.update(apply_waiting(st.waiting, outcome))
+        if merged is None or whole:
+            stale.update(apply_changes(st.waiting, changes, whole))
             return
         state = st.waiting
-        for k, v in outcome.waiting.items():
+        for k, v in changes:
             old = state.get(k)
             if v is None:
                 state.pop(k, None)
@@ -521,7 +635,11 @@ class PartitionMerge:
         st.source_max = report.source_max
         st.counters = report.counters
         st.reported = True
-        st.queue.extend(report.buckets)
+        buckets = report.buckets
+        if type(buckets) is not OutcomeColumns:
+            buckets = OutcomeColumns.from_outcomes(buckets)    # the reference join's
+        if buckets.size:
+            st.queue.append(buckets)
         for letter in report.dead_letters:
             self.totals.on_dead_letter(letter)
         return True
@@ -560,25 +678,35 @@ class PartitionMerge:
             if not firsts:
                 return 0
             self.frontier = min(firsts)
-        bucket = self.bucket_ms
+        ends, taken = self._boundaries(target, limit)
+        if not ends:
+            return 0
         totals = self.totals
         parts = self.parts
+        segments = []
+        changes: list[list] = [[] for _ in ends]     # per boundary: (partition, changes, whole)
+        for p, chunk, r0, js in taken:
+            b = chunk.buckets[r0:r0 + len(js)]
+            at = np.array(js, np.int64)
+            c0, c1, s0, s1 = (int(x) for x in (b[0, B_C0], b[-1, B_C1], b[0, B_R0], b[-1, B_R1]))
+            segments.append((chunk.trusts, np.repeat(at, b[:, B_C1] - b[:, B_C0]),
+                             chunk.calls[c0:c1], np.repeat(at, b[:, B_R1] - b[:, B_R0]),
+                             chunk.responses[s0:s1]))
+            rows = np.flatnonzero((b[:, B_W1] > b[:, B_W0]) | (b[:, B_WHOLE] != 0))
+            if len(rows):
+                names = chunk.trusts
+                w0 = int(b[rows[0], B_W0])
+                found = [((names[t], WAIT_CATEGORIES[c]), (n, e) if n else None)
+                         for t, c, n, e in chunk.waiting[w0:int(b[rows[-1], B_W1])].tolist()]
+                for i, lo, hi, whole in zip(rows.tolist(), b[rows, B_W0].tolist(),
+                                            b[rows, B_W1].tolist(), b[rows, B_WHOLE].tolist()):
+                    changes[js[i]].append((p, found[lo - w0:hi - w0], whole != 0))
+        rest = totals.add_step(ends, segments)
         run = RuleRun(totals.rules) if RuleRun.usable(totals.rules) else None
-        closed = 0
-        while self.frontier + bucket <= target and (limit is None or closed < limit):
-            start = self.frontier
-            end = start + bucket
-            active = False
-            for st in parts:
-                q = st.queue
-                while q and q[0].end <= end:
-                    b = q.popleft()
-                    active = active or b.active
-                    totals.add_outcomes(b.calls, b.responses)
-                    if b.waiting is not None:
-                        self._take_waiting(st, b)
-            if active:
-                self.last_activity = start
+        for x, end in enumerate(ends):
+            for p, found, whole in changes[x]:
+                self._take_waiting(parts[p], found, whole)
+            totals.at_boundary(rest[x])
             cache: list = []
 
             def pressure(end=end, cache=cache) -> dict:
@@ -591,18 +719,64 @@ class PartitionMerge:
             else:
                 run.add(end, totals.close(end, pressure, rules=False), self._merged_waiting,
                         totals.last_call)
-            closed += 1
-            self.frontier = end
-            if not active and self.last_activity is not None \
-                    and self.frontier - self.last_activity > _IDLE_JUMP_MS:
-                upcoming = [st.queue[0].end - bucket for st in parts if st.queue]
-                upcoming += [st.next_slot for st in parts if st.next_slot is not None]
-                nxt = min(upcoming) if upcoming else target - target % bucket
-                if nxt > self.frontier:
-                    self.frontier = nxt
         if run is not None:
             run.evaluate(totals._emit_alert)
-        return closed
+        return len(ends)
+
+    def _boundaries(self, target: int, limit: int | None) -> tuple[list[int], list[tuple]]:
+        """The boundaries the next step closes (up to `target`, at most `limit`), and the
+        queued buckets each one takes: (partition, outcomes, first bucket, the boundary of
+        each bucket from there). Moves the frontier and the queues past them."""
+        bucket = self.bucket_ms
+        parts = self.parts
+        ends: list[int] = []
+        taken: list[list] = []
+        # per partition: queue index, bucket index, its chunk's ends and active flags, and
+        # the boundary of each bucket taken from that chunk
+        cursors = [[0, st.pos, None, None, None] for st in parts]
+        frontier = self.frontier
+        while frontier + bucket <= target and (limit is None or len(ends) < limit):
+            start = frontier
+            end = start + bucket
+            x = len(ends)
+            active = False
+            for p, st in enumerate(parts):
+                q = st.queue
+                c = cursors[p]
+                while c[0] < len(q):
+                    if c[2] is None:
+                        b = q[c[0]].buckets
+                        c[2], c[3], c[4] = b[:, B_END].tolist(), b[:, B_ACTIVE].tolist(), []
+                        taken.append([p, q[c[0]], c[1], c[4]])
+                    bends, acts, js, i = c[2], c[3], c[4], c[1]
+                    while i < len(bends) and bends[i] <= end:
+                        active = active or acts[i] == 1
+                        js.append(x)
+                        i += 1
+                    c[1] = i
+                    if i < len(bends):
+                        break
+                    c[0] += 1
+                    c[1] = 0
+                    c[2] = None
+            if active:
+                self.last_activity = start
+            ends.append(end)
+            frontier = end
+            if not active and self.last_activity is not None \
+                    and frontier - self.last_activity > _IDLE_JUMP_MS:
+                upcoming = [(c[2][c[1]] if c[2] is not None else int(st.queue[c[0]].buckets[c[1], B_END]))
+                            - bucket for st, c in zip(parts, cursors) if c[0] < len(st.queue)]
+                upcoming += [st.next_slot for st in parts if st.next_slot is not None]
+                nxt = min(upcoming) if upcoming else target - target % bucket
+                if nxt > frontier:
+                    frontier = nxt
+        self.frontier = frontier
+        for st, c in zip(parts, cursors):
+            for _ in range(c[0]):
+                st.queue.popleft()
+            st.pos = c[1]
+        return ends, [t for t in taken if t[3]]
 
     def summary(self) -> dict:
         """Totals so far, in the shape of the offline summary.json (for /health)."""

@@ -22,27 +22,8 @@ from streams.episodes import EpisodeJoin
 from streams.events import DeadLetter, Event
 from streams.processor import _ORDER, buffer_event
 from streams.settings import ProcessingSettings
+from streams.outcomes import BucketOutcome, OutcomeColumns, Waiting
 from streams.windows import CALLS, HEAR_AND_TREAT, REDIRECTED, REDIRECTED_C1
-
-Waiting = dict  # (trust, category) -> (calls waiting, earliest clock start ms)
-
-
-class BucketOutcome(NamedTuple):
-    """What one partition's join decided while releasing the bucket that ends at `end`.
-
-    The waiting state goes as a change to the last one sent (`waiting_delta`): a handful of
-    keys in a busy minute, where the whole state is every trust and category with calls
-    waiting; it was most of a report's bytes and of the merge's work. Reports from before
-    (whole states) still apply: they unpickle with `waiting_delta` False."""
-
-    end: int
-    active: bool                                   # the bucket held events
-    calls: list[tuple[str, int, int]]              # (trust, ts, total kind) in window order
-    responses: list[tuple[str, str, int, int]]     # (trust, category, clock stop, ms)
-    #: changed keys -> (calls waiting, earliest start), None for a key gone; None: unchanged
-    waiting: Waiting | None
-    waiting_delta: bool = False                    # False: `waiting` is the whole new state
-
 
 class PartitionJoin:
     """Reorder buffer + `EpisodeJoin` for one co-partition of the input topics."""
@@ -216,13 +197,13 @@ class PartitionReport(NamedTuple):
     first_frontier: int | None
     next_slot: int | None
     source_max: tuple[int | None, ...]
-    buckets: list[BucketOutcome]
+    buckets: list[BucketOutcome] | OutcomeColumns
     dead_letters: list[DeadLetter]
     counters: dict
 
 
 def make_report(pj: PartitionJoin, seq: int, offsets: tuple[int, ...], watermark: int | None,
-                buckets: list[BucketOutcome]) -> PartitionReport:
+                buckets: list[BucketOutcome] | OutcomeColumns) -> PartitionReport:
     letters, pj.dead_letters = pj.dead_letters, []
     return PartitionReport(pj.partition, seq, tuple(offsets), watermark, pj.frontier,
                            pj.first_frontier, pj.next_slot, tuple(pj.source_max), buckets,

@@ -32,7 +32,7 @@ from streams.fast.alerts import (MARK_HEAD, MARK_LEVEL, MARK_REPLAY, MARK_WITHIN
                                  NO_START, NOT_STARTED, gap_columns, next_stops)
 from streams.settings import ConfigError, ProcessingSettings, format_duration, parse_duration_ms
 from streams.timefmt import format_ts
-from streams.windows import ALL, ALL_TRUSTS, CATEGORY_KEYS
+from streams.windows import ALL, ALL_TRUSTS, CATEGORY_KEYS, WAIT_CATEGORIES
 
 MINUTE_MS = 60_000
 
@@ -409,8 +409,6 @@ def _window_observation(rule: Rule, rec: dict | None) -> Observation:
 # --------------------------------------------------------------------------------------------
 # Columns: what the rules read at a run of boundaries (the columnar engine's form)
 # --------------------------------------------------------------------------------------------
-
-WAIT_CATEGORIES = ("C1", "C2", "C3", "C4")     # category order of BoundaryBatch.waiting
 
 
 @dataclass(frozen=True)

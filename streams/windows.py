@@ -23,6 +23,9 @@ from streams.timefmt import format_ts, local_date, local_day_start, local_month_
 
 #: Category keys of window records, in output order (C1T is a reporting split of C1).
 CATEGORY_KEYS = ("C1", "C1T", "C2", "C3", "C4")
+#: Categories calls wait in for a crew (C1T is known only once one arrives), in the order
+#: waiting state is numbered in columns (`BoundaryBatch.waiting`, `OutcomeColumns.waiting`).
+WAIT_CATEGORIES = ("C1", "C2", "C3", "C4")
 ALL = "ALL"
 ALL_TRUSTS = "*"
 QUANTILES = (0.5, 0.9, 0.99)
@@ -37,14 +40,38 @@ _QS = np.array(QUANTILES, np.float64)
 
 class Pane:
     """Responses and call totals of one bucket (panes and days of snapshots from before
-    `Span` are Panes too, holding value arrays)."""
+    `Span` are Panes too, holding value arrays). Outcomes come one at a time (`values`,
+    `totals`: the offline join's, late ones) or as columns (`responses`, `counts`: the live
+    merge's, a step of boundaries at a time)."""
 
-    __slots__ = ("values", "late", "totals")
+    __slots__ = ("values", "late", "totals", "responses", "counts")
 
     def __init__(self) -> None:
         self.values: dict[tuple[str, str], list[int] | np.ndarray] = {}
         self.late: dict[tuple[str, str], int] = {}
         self.totals: dict[str, list[int]] = {}
+        #: (span rows, ms) array pairs (row = trust id * 5 + category index, as `Span`)
+        self.responses: list[tuple[np.ndarray, np.ndarray]] = []
+        #: call totals by trust id ([trust id, total kind]), or None
+        self.counts: np.ndarray | None = None
+
+    def __setstate__(self, state) -> None:
+        self.responses, self.counts = [], None          # panes pickled before the columns
+        for part in state if isinstance(state, tuple) else (state,):
+            for k, v in (part or {}).items():
+                setattr(self, k, v)
+
+    def add_counts(self, counts: np.ndarray) -> None:
+        """Add call totals by trust id (a [trust id, total kind] array)."""
+        have = self.counts
+        if have is None:
+            self.counts = counts
+        elif have.shape[0] >= counts.shape[0]:
+            have[:counts.shape[0]] += counts
+        else:
+            counts = counts.copy()
+            counts[:have.shape[0]] += have
+            self.counts = counts
 
     def add_total(self, trust: str, which: int) -> None:
         t = self.totals.get(trust)
@@ -211,6 +238,36 @@ class WindowStore:
     def add_response(self, trust: str, category: str, stop_ts: int, ms: int) -> None:
         self.add_outcomes((), ((trust, category, stop_ts, ms),))
 
+    def ids_of(self, names: tuple[str, ...]) -> np.ndarray:
+        """The store's trust ids of `names` (span rows are numbered by them)."""
+        return np.array([self._trust_id(n) for n in names], np.int64)
+
+    def add_bucket_columns(self, starts: np.ndarray, rows: np.ndarray, ms: np.ndarray,
+                           call_starts: np.ndarray, call_trusts: np.ndarray,
+                           call_kinds: np.ndarray) -> None:
+        """On-time outcomes as columns, into their buckets (none of them closed): responses
+        by bucket start, span row (`Span`) and ms; call totals by bucket start, trust id and
+        total kind (a C1 redirect counted as a redirect too)."""
+        for start, pick in _groups(starts):
+            self._bucket(start).responses.append((rows[pick], ms[pick]))
+        if not len(call_starts):
+            return
+        r1 = call_kinds == REDIRECTED_C1
+        if r1.any():
+            call_starts = np.concatenate([call_starts, call_starts[r1]])
+            call_trusts = np.concatenate([call_trusts, call_trusts[r1]])
+            call_kinds = np.concatenate([call_kinds, np.full(int(r1.sum()), REDIRECTED,
+                                                             np.int64)])
+        nt = len(self.trust_names)
+        groups = _groups(call_starts)
+        at = np.empty(len(call_starts), np.int64)
+        for g, (_, pick) in enumerate(groups):
+            at[pick] = g
+        counts = np.bincount((at * nt + call_trusts) * 4 + call_kinds,
+                             minlength=len(groups) * nt * 4).reshape(len(groups), nt, 4)
+        for g, (start, _) in enumerate(groups):
+            self._bucket(start).add_counts(counts[g])
+
     def _late_bucket(self, start: int) -> Pane | None:
         """The closed bucket at `start`, recreated if it is still within retention."""
         bucket = self.buckets.get(start)
@@ -326,6 +383,7 @@ class WindowStore:
         added in one kernel call for all buckets, a span by adding its arrays."""
         spans = []
         rows, lens, values, late, totals = [], [], [], [], []
+        col_rows, col_ms, counts = [], [], []
         for part in parts:
             if type(part) is Span:
                 spans.append(part)
@@ -334,14 +392,26 @@ class WindowStore:
                 rows.append(self._row(key))
                 lens.append(len(vals))
                 values.append(vals)
+            if part.responses:
+                if len(part.responses) > 1:              # read again by every window: once
+                    part.responses = [(np.concatenate([r for r, _ in part.responses]),
+                                       np.concatenate([m for _, m in part.responses]))]
+                r, m = part.responses[0]
+                col_rows.append(r)
+                col_ms.append(m)
+            if part.counts is not None:
+                counts.append(part.counts)
             for key, n in part.late.items():
                 late.append((self._row(key), n))
             for trust, t in part.totals.items():
                 totals.append((self._trust_id(trust), t))
         lo, hi = 1 << 62, -1
-        if values:
+        if values or col_ms:
+            if values:
+                col_ms.append(np.fromiter(chain.from_iterable(values), np.int64, sum(lens)))
+                col_rows.append(np.repeat(np.array(rows, np.int64), lens))
+            ms = col_ms[0] if len(col_ms) == 1 else np.concatenate(col_ms)
             m = _mapping(self.accuracy)
-            ms = np.fromiter(chain.from_iterable(values), np.int64, sum(lens))
             pos, lo, hi = positions(ms, m.table, m.bounds, np.int64(m.shift))
         for sp in spans:
             w = sp.hist.shape[1]
@@ -351,13 +421,15 @@ class WindowStore:
         out = Span(len(self.trust_names), lo if hi >= lo else 0, max(hi - lo + 1, 0))
         for sp in spans:
             out.add(sp)
-        if values:
-            accumulate(np.repeat(np.array(rows, np.int64), lens), ms, pos, np.int64(out.base),
-                       out.stat, out.ext, out.hist)
+        if col_ms:
+            rows_all = col_rows[0] if len(col_rows) == 1 else np.concatenate(col_rows)
+            accumulate(rows_all, ms, pos, np.int64(out.base), out.stat, out.ext, out.hist)
         for row, n in late:
             out.stat[row, LATE] += n
         for tid, t in totals:
             out.totals[tid] += t
+        for c in counts:
+            out.totals[:c.shape[0]] += c
         return out
 
     def _close_calendar(self, end: int, pressure: Callable[[], dict]) -> Iterator[dict]:
@@ -466,6 +538,16 @@ class WindowStore:
             if responses or any(tt):
                 out.append(_totals_record(head, trust, tt, responses))
         return out
+
+
+def _groups(starts: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """(start, indexes of the items at that start) for each distinct start, in order."""
+    if not len(starts):
+        return []
+    order = np.argsort(starts, kind="stable")
+    s = starts[order]
+    cuts = (np.flatnonzero(s[1:] != s[:-1]) + 1).tolist()
+    return [(int(s[a]), order[a:b]) for a, b in zip([0] + cuts, cuts + [len(s)])]
 
 
 def _responses(stat: list, base: int) -> int:

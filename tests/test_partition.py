@@ -10,6 +10,7 @@ from __future__ import annotations
 import pickle
 import random
 import zlib
+from collections import deque
 
 import orjson
 import pytest
@@ -54,13 +55,15 @@ def offline(lines: list[bytes], settings, rules):
 
 
 def live(lines: list[bytes], settings, rules, partitions: int, seed: int, restart_every=0,
-         merge_restart_every=0, whole_states=False, sizes=None, old_snapshots=False):
+         merge_restart_every=0, whole_states=False, sizes=None, old_snapshots=False,
+         old_merge_snapshots=False):
     """Feed the log the way the worker sees it: per partition, three sources read in random
     chunks; reports reach the merge in a random order across partitions. `restart_every` /
     `merge_restart_every`: the joins / the merge carry on from a pickled snapshot every so
     many reports; `whole_states`: reports carry whole waiting states, as before deltas;
     `sizes` collects (waiting keys sent, whole state's keys) per changed outcome;
-    `old_snapshots`: the joins' snapshots are as taken before they tracked touched keys."""
+    `old_snapshots`: the joins' snapshots are as taken before they tracked touched keys;
+    `old_merge_snapshots`: the merge's, as taken before it queued outcomes as columns."""
     rng = random.Random(seed)
     queues = [[[] for _ in range(3)] for _ in range(partitions)]
     for i, line in enumerate(lines):
@@ -99,6 +102,8 @@ def live(lines: list[bytes], settings, rules, partitions: int, seed: int, restar
             merge.take(pending.pop(0))
             taken += 1
             if merge_restart_every and taken % merge_restart_every == 0:
+                if old_merge_snapshots:
+                    as_outcome_queues(merge)
                 merge = pickle.loads(pickle.dumps(merge))
                 merge.attach(out)
             limit = rng.choice([None, 1, 3])        # closing in bounded steps changes nothing
@@ -114,6 +119,14 @@ def live(lines: list[bytes], settings, rules, partitions: int, seed: int, restar
         merge.take(make_report(pj, seqs[p], tuple(pos[p]), g, pj.release(g)))
     merge.advance()
     return merge, out
+
+
+def as_outcome_queues(merge: PartitionMerge) -> None:
+    """The merge as its snapshots held it before columns: `BucketOutcome`s queued, no
+    cursor into the first report's buckets."""
+    for st in merge.parts:
+        st.queue = deque([b for chunk in st.queue for b in chunk.outcomes()][st.pos:])
+        del st.pos
 
 
 def as_whole_states(report, held: dict, sizes: list | None):
@@ -164,7 +177,7 @@ def test_partitioned_join_and_merge_equal_the_single_processor(shipped, scenario
         assert want.alert_records, "the scenario should raise alerts"
     a, b = merge.summary(), proc.summary()
     for key in ("events", "dead_letters", "calls", "hear_and_treat", "redirected",
-                "dead_letter_reasons", "duplicates", "stats_records", "alerts"):
+                "dead_letter_reasons", "duplicates", "stats_records", "alerts", "categories"):
         assert a[key] == b[key], key
     assert sorted(d.raw for d in got.dead_letters) == sorted(d.raw for d in want.dead_letters)
 
@@ -195,19 +208,20 @@ def test_merge_applies_each_report_once_and_in_order(shipped):
         merge.take(make_report(pj, 3, (0, 0, 0), None, []))  # a gap is never papered over
 
 
-@pytest.mark.parametrize("whole_states, merge_restart_every", [(False, 7), (True, 0),
-                                                               (True, 11)])
+@pytest.mark.parametrize("whole_states, merge_restart_every, old_merge", [
+    (False, 7, False), (True, 0, False), (True, 11, False), (False, 5, True)])
 def test_waiting_deltas_whole_states_and_merge_snapshots_give_the_same(
-        shipped, whole_states, merge_restart_every):
+        shipped, whole_states, merge_restart_every, old_merge):
     """Reports carry changes to the waiting state; reports of before (whole states) still
-    apply, and a merge carried on from a snapshot (its merged state rebuilt) too."""
+    apply, and a merge carried on from a snapshot (its merged state rebuilt; its queue
+    from before columns) too."""
     settings, _ = shipped
     lines = scenario_log("winter-surge", 8, days=0.5)
     _, rules_a = load_settings_and_rules(None, None)
     _, want = offline(lines, settings, rules_a)
     _, rules_b = load_settings_and_rules(None, None)
     _, got = live(lines, settings, rules_b, 4, 8, merge_restart_every=merge_restart_every,
-                  whole_states=whole_states)
+                  whole_states=whole_states, old_merge_snapshots=old_merge)
     assert got.stats_records == want.stats_records
     assert got.alert_records == want.alert_records
     assert any(r.get("waiting") for r in want.stats_records)

@@ -14,14 +14,18 @@ import orjson
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from producers.simulate import Disorder, england, generate
+from streams.aggregate import CollectingOutputs, PartitionMerge
 from streams.fast.partjoin import ColumnarPartitionJoin
 from streams.fast.recordbatch import RecordRun
 from streams.fast.records import RecordDecoder
 from streams.live import feed_chunk
+from streams.outcomes import OutcomeColumns
 from streams.partition import PartitionJoin, make_report
+from streams.replay import load_settings_and_rules
 from streams.settings import ProcessingSettings, processing_from_table
 from streams.timefmt import parse_ts
 from tests.test_columnar import SETTING_CHOICES, logs
+from tests.test_partition import offline, scenario_log
 
 TOPICS = ("calls.received", "calls.triaged", "calls.arrived")
 
@@ -61,8 +65,11 @@ def split(lines: list[bytes], partitions: int) -> list[list[list[Record]]]:
 def normalized(report) -> tuple:
     """A report with the order of different calls' outcomes within a bucket left out: the
     merge adds them up as multisets (and dead letters are compared as a multiset)."""
+    outcomes = report.buckets
+    if isinstance(outcomes, OutcomeColumns):
+        outcomes = outcomes.outcomes()
     buckets = [(b.end, b.active, sorted(b.calls), sorted(b.responses), b.waiting,
-                b.waiting_delta) for b in report.buckets]
+                b.waiting_delta) for b in outcomes]
     letters = sorted(report.dead_letters, key=lambda d: (d.raw, d.position, d.reason))
     return (report.partition, report.seq, report.offsets, report.watermark,
             report.released_through, report.first_frontier, report.next_slot,
@@ -151,3 +158,61 @@ def test_shipped_settings_on_a_day_of_several_trusts():
     counters = [j.counters() for j in joins]
     assert sum(c["late_events"] for c in counters) > 0
     assert sum(c["duplicates"] for c in counters) > 0
+
+
+def test_columnar_reports_through_the_merge_equal_the_single_processor():
+    """What the worker runs end to end, in process: columnar joins fed random chunks,
+    their reports (`OutcomeColumns`) through the merge in random steps, the merge carried on
+    from snapshots; the records, alerts and summary are the single Processor's."""
+    settings, rules = load_settings_and_rules(None, None)
+    lines = scenario_log("winter-surge", 21)
+    _, rules_a = load_settings_and_rules(None, None)
+    proc, want = offline(lines, settings, rules_a)
+    rng = random.Random(21)
+    partitions = 4
+    decoder = RecordDecoder(settings.max_record_bytes)
+    queues = split(lines, partitions)
+    joins = [ColumnarPartitionJoin(p, settings) for p in range(partitions)]
+    pos = [[0, 0, 0] for _ in range(partitions)]
+    seq = [0] * partitions
+    out = CollectingOutputs()
+    merge = PartitionMerge(settings, out, rules, partitions)
+    steps = []
+
+    def report(p: int, wm) -> None:
+        nonlocal merge
+        seq[p] += 1
+        rep = make_report(joins[p], seq[p], tuple(pos[p]), wm, joins[p].release(wm))
+        assert isinstance(rep.buckets, OutcomeColumns)
+        merge.take(pickle.loads(pickle.dumps(rep, protocol=5)))
+        if rng.random() < 0.05:
+            merge = pickle.loads(pickle.dumps(merge))
+            merge.attach(out)
+        limit = rng.choice([None, 1, 7, 240])
+        while (k := merge.advance(limit=limit)):
+            steps.append(k)
+            if k != limit:
+                break
+
+    while any(pos[p][s] < len(queues[p][s]) for p in range(partitions) for s in range(3)):
+        p = rng.randrange(partitions)
+        chunk: list[list[Record]] = [[], [], []]
+        for s in rng.sample(range(3), rng.randint(1, 3)):
+            take = rng.randint(0, 300)
+            chunk[s] = queues[p][s][pos[p][s]:pos[p][s] + take]
+            pos[p][s] = min(pos[p][s] + take, len(queues[p][s]))
+        feed_chunk(joins[p], as_runs(chunk, p), decoder)
+        report(p, joins[p].own_watermark([pos[p][s] >= len(queues[p][s]) for s in range(3)]))
+    g = merge.global_watermark
+    for p in range(partitions):
+        report(p, g)
+    assert max(steps) > 20 and min(steps) == 1
+    assert merge.frontier == proc.frontier
+    assert out.stats_records == want.stats_records
+    assert out.alert_records == want.alert_records
+    assert len(want.alert_records) > 3
+    a, b = merge.summary(), proc.summary()
+    for key in ("events", "dead_letters", "calls", "hear_and_treat", "redirected",
+                "categories", "late_responses", "too_late", "stats_records",
+                "alerts"):
+        assert a[key] == b[key], key

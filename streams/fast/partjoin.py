@@ -22,12 +22,18 @@ from streams.fast.join import (INCOMPLETE_REASONS, NONE, S_AF, S_C1WT, S_DDH, S_
 from streams.fast.recordbatch import gather
 from streams.fast.records import RecordDecoder, event_code
 from streams.fast.scan import PENDING, RECEIVED
-from streams.partition import BucketOutcome, PartitionJoin
+from streams.outcomes import OutcomeColumns
+from streams.partition import PartitionJoin
 from streams.settings import ProcessingSettings
+from streams.windows import CATEGORY_KEYS
 
 _CATEGORY = (None, "C1", "C2", "C3", "C4", "C1T")
 _INCOMPLETE = tuple(zip((S_INC0, S_INC1, S_INC2), INCOMPLETE_REASONS))
 _TRUST_BITS = (1 << 29) - 1
+#: a response's category code (`_CATEGORY`) -> its index in CATEGORY_KEYS
+_CATEGORY_KEY = np.array([-1] + [CATEGORY_KEYS.index(c) for c in _CATEGORY[1:]], np.int64)
+_NO_OUTCOMES = OutcomeColumns(np.zeros((0, 9), np.int64), np.zeros((0, 3), np.int64),
+                              np.zeros((0, 4), np.int64), np.zeros((0, 4), np.int64), ())
 
 
 def _keys(n: int) -> np.ndarray:
@@ -299,20 +305,20 @@ class ColumnarPartitionJoin:
         return t - t % self.bucket_ms
 
     # -- release -------------------------------------------------------------------------
-    def release(self, watermark: int | None) -> list[BucketOutcome]:
+    def release(self, watermark: int | None) -> OutcomeColumns:
         """Release every bucket whose end `watermark` has passed, in event-time order; one
         outcome per bucket that changed anything the aggregator keeps."""
         if watermark is None:
-            return []
+            return _NO_OUTCOMES
         bucket = self.bucket_ms
         if self.frontier is None:
             if self._min_ts is None:
                 self.frontier = watermark - watermark % bucket
-                return []
+                return _NO_OUTCOMES
             first = self._min_ts - self.lateness_ms
             self.frontier = self.first_frontier = first - first % bucket
         if self.frontier + bucket > watermark:
-            return []
+            return _NO_OUTCOMES
         st = self.st
         nbuf = int(st[K.S_NBUF])
         buf = self.B[:nbuf]
@@ -356,34 +362,37 @@ class ColumnarPartitionJoin:
         self.free.extend(self.FREED[:k].tolist())
         st[K.S_NFREED] = 0
 
-    def _outcomes(self) -> list[BucketOutcome]:
-        """The outcome rows as `BucketOutcome`s (rows turned into tuples all at once: a
-        bucket of a partition holds a handful)."""
+    def _outcomes(self) -> OutcomeColumns:
+        """The kernel's outcome rows as `OutcomeColumns` (slices and shifts: nothing per
+        call or response in Python)."""
         st = self.st
         n = int(st[K.S_NO])
         if not n:
-            return []
-        trusts = self.trusts
+            return _NO_OUTCOMES
         rows = self.OUT[:n]
         nt, nr, nw = int(rows[-1, K.O_T1]), int(rows[-1, K.O_R1]), int(rows[-1, K.O_W1])
-        code = self.T[:nt, 1]
-        calls = list(zip([trusts[t] for t in ((code >> 2) & _TRUST_BITS).tolist()],
-                         self.T[:nt, 0].tolist(), (code & 3).tolist()))
-        code = self.R[:nr, 2]
-        responses = list(zip([trusts[t] for t in ((code >> 3) & _TRUST_BITS).tolist()],
-                             [_CATEGORY[c] for c in (code & 7).tolist()],
-                             self.R[:nr, 0].tolist(), self.R[:nr, 1].tolist()))
-        changes = [((trusts[key >> 2], _CATEGORY[(key & 3) + 1]),
-                    (waiting, earliest) if waiting else None)
-                   for key, waiting, earliest in self.W[:nw].tolist()]
-        out = [BucketOutcome(end, active == 1, calls[t0:t1], responses[r0:r1],
-                             dict(changes[w0:w1]) if w1 > w0 else None, True)
-               for end, active, t0, t1, r0, r1, w0, w1 in rows.tolist()]
         # every row logged so far went with an outcome (rows come only with joined events,
         # and a bucket that joined any has one)
         assert (nt, nr) == (st[S_NT], st[S_NR])
+        buckets = np.zeros((n, 9), np.int64)
+        buckets[:, :8] = rows                    # the kernel's layout, B_WHOLE 0
+        code = self.T[:nt, 1]
+        calls = np.empty((nt, 3), np.int64)
+        calls[:, 0] = (code >> 2) & _TRUST_BITS
+        calls[:, 1] = self.T[:nt, 0]
+        calls[:, 2] = code & 3
+        code = self.R[:nr, 2]
+        responses = np.empty((nr, 4), np.int64)
+        responses[:, 0] = (code >> 3) & _TRUST_BITS
+        responses[:, 1] = _CATEGORY_KEY[code & 7]
+        responses[:, 2:] = self.R[:nr, :2]
+        key = self.W[:nw, 0]
+        waiting = np.empty((nw, 4), np.int64)
+        waiting[:, 0] = key >> 2
+        waiting[:, 1] = key & 3
+        waiting[:, 2:] = self.W[:nw, 1:]
         st[S_NT] = st[S_NR] = st[K.S_T0] = st[K.S_R0] = st[K.S_NO] = st[K.S_NW] = 0
-        return out
+        return OutcomeColumns(buckets, calls, responses, waiting, tuple(self.trusts))
 
     def counters(self) -> dict:
         st = self.st
