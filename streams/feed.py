@@ -33,6 +33,7 @@ from streams.timefmt import format_ts, parse_ts
 CATEGORIES = ("C1", "C1T", "C2", "C3", "C4")
 ALL_TRUSTS = "*"
 DAY_S = 86_400
+TRIM_EVERY = 256        # unparsed trend records of a key between two trims
 
 
 @dataclass(frozen=True)
@@ -372,7 +373,10 @@ class LiveView:
 
     stats: dict = field(default_factory=dict, init=False)      # (trust, cat, window) -> CategoryStats
     totals: dict = field(default_factory=dict, init=False)     # (trust, window) -> CallTotals
-    trends: dict = field(default_factory=dict, init=False)     # (trust, cat) -> [TrendPoint]
+    _trends: dict = field(default_factory=dict, init=False)    # (trust, cat) -> [TrendPoint]
+    #: trend-window records not parsed yet (`on_trend_records`): record key -> [records
+    #: left after the last trim, the records], oldest first
+    _unparsed: dict = field(default_factory=dict, init=False)
     active: dict = field(default_factory=dict, init=False)     # fingerprint -> Alert
     last_change: dict = field(default_factory=dict, init=False)  # fingerprint -> event time
     recent: deque = field(init=False)
@@ -466,8 +470,60 @@ class LiveView:
             p.max_end_ms = end_ms
             p.wall = self.clock()
 
+    def on_trend_records(self, key: bytes, values: list[bytes]) -> None:
+        """Trend-window records of one key (`trust/category/window`) that a later record of
+        the same key supersedes as the latest: all they add is trend points, so they are
+        kept as bytes and parsed when the trends are read (`trends`). A worker catching up
+        reads days of them and keeps a day: the older ones are dropped unparsed (`_trim`),
+        which makes catching up cheaper by most of the feed's work."""
+        q = self._unparsed.get(key)
+        if q is None:
+            q = self._unparsed[key] = [0, []]
+        q[1] += values
+        if len(q[1]) - q[0] >= TRIM_EVERY:
+            self._trim(key, q)
+
+    def _trim(self, key: bytes, q: list) -> None:
+        """Drop the key's unparsed records that end a trend span or more before its newest:
+        the merge publishes a key's windows in time order, so the first to keep is found
+        by bisection, a few parses. A record without a readable end: all are parsed now."""
+        values = q[1]
+        newest = _end_of(values[-1])
+        if newest is None:
+            self._parse_trend(self._unparsed.pop(key)[1])
+            return
+        horizon = newest - self.trend_span_s * 1000
+        lo, hi = 0, len(values) - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            end = _end_of(values[mid])
+            if end is None:
+                self._parse_trend(self._unparsed.pop(key)[1])
+                return
+            if end <= horizon:
+                lo = mid + 1
+            else:
+                hi = mid
+        del values[:lo]
+        q[0] = len(values)
+
+    @property
+    def trends(self) -> dict:
+        """(trust, category) -> [TrendPoint], oldest first (records kept as bytes parsed)."""
+        while self._unparsed:
+            self._parse_trend(self._unparsed.popitem()[1][1])
+        return self._trends
+
+    def _parse_trend(self, values: list[bytes]) -> None:
+        for value in values:
+            item = parse_stats(parse_json(value))
+            if item is None:
+                self.ignored += 1
+            elif type(item) is CategoryStats and item.window == self.trend_window:
+                self._add_trend(item)
+
     def _add_trend(self, item: CategoryStats) -> None:
-        points = self.trends.setdefault((item.trust, item.category), [])
+        points = self._trends.setdefault((item.trust, item.category), [])
         point = TrendPoint(item.end_ms, item.count, item.mean_s, item.p90_s)
         i = bisect.bisect_left(points, (item.end_ms,))
         if i < len(points) and points[i][0] == item.end_ms:
@@ -588,6 +644,22 @@ class LiveView:
             "subscribers": len(self.subscribers),
             "sse_dropped": self.dropped,
         }
+
+
+def parse_json(value: bytes | None):
+    """A record's JSON value; None when it is not JSON."""
+    if not value:
+        return None
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _end_of(value: bytes) -> int | None:
+    """The end (ms) of a window record given as bytes; None when it has none."""
+    rec = parse_json(value)
+    return _ts(rec.get("end")) if isinstance(rec, dict) else None
 
 
 def targets_dict() -> dict:

@@ -901,12 +901,20 @@ class LiveState:
         #: where the merge (on any worker) has closed buckets through, from its progress
         self.merge_closed: int | None = None
         self.partitions: list[int] = []          # input partitions joined here
+        self._summary: tuple[float, dict] | None = None     # (when, the merge's summary)
 
-    def facts(self) -> MergeFacts:
+    def facts(self, fresh: bool = False) -> MergeFacts:
+        """What the merge's process tells the worker; its summary (sketch centiles: the
+        dear part) is redone at most every `SUMMARY_EVERY_S` unless `fresh`."""
         m = self.merge
-        return MergeFacts(m is not None, m.frontier if m is not None else None,
-                          m.summary() if m is not None else None, self.stats, self.alerts,
-                          self.dead_letters, self.global_watermark)
+        summary = None
+        if m is not None:
+            now = time.monotonic()
+            if fresh or self._summary is None or now - self._summary[0] >= SUMMARY_EVERY_S:
+                self._summary = (now, m.summary())
+            summary = self._summary[1]
+        return MergeFacts(m is not None, m.frontier if m is not None else None, summary,
+                          self.stats, self.alerts, self.dead_letters, self.global_watermark)
 
     def learn(self, facts: MergeFacts) -> None:
         self.merge_facts = facts
@@ -951,6 +959,7 @@ def _collect_rarely() -> None:
 # -- the merge's process ---------------------------------------------------------------------
 _STOP = "stop"
 FACTS_EVERY_S = 0.2
+SUMMARY_EVERY_S = 1.0
 
 
 def merge_process_main(opts: LiveOptions, rules, conn, loglevel: int) -> None:
@@ -1012,7 +1021,7 @@ async def _run_merge(opts: LiveOptions, rules, conn) -> None:
         await stage.stop()
         await producer.stop()
         try:
-            conn.send((state.facts(), alerts[:]))
+            conn.send((state.facts(fresh=True), alerts[:]))
         except OSError:
             pass
 

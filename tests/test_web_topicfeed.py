@@ -15,7 +15,7 @@ from streams.topics import TopicNames
 from streams.live import stats_key
 from streams.web.topicfeed import (MissingTopics, RateMeter, TopicFeed, lag_and_position,
                                    superseding)
-from tests.test_feed import alert_rec, stats_rec, totals_rec
+from tests.test_feed import MIN, T0, alert_rec, stats_rec, totals_rec
 
 
 def test_lag_counts_uncommitted_partitions_from_zero():
@@ -34,8 +34,9 @@ def test_rate_meter_uses_the_last_span():
 
 
 def test_superseded_stats_leave_the_view_as_reading_them_all_would():
-    """A fetch of many windows per key: parsing only what `superseding` keeps gives the same
-    latest stats, totals and trend points as parsing every record."""
+    """A fetch of many windows per key: parsing only what `superseding` keeps, and handing
+    the trend window's earlier records over as bytes, gives the same latest stats, totals
+    and trend points as parsing every record."""
     from collections import namedtuple
     Msg = namedtuple("Msg", "key value")
     records = []
@@ -50,17 +51,49 @@ def test_superseded_stats_leave_the_view_as_reading_them_all_would():
     everything, conflated = LiveView(), LiveView()
     for m in msgs:
         everything.on_stats(orjson.loads(m.value))
-    kept = [msgs[i] for i in superseding([m.key for m in msgs],
-                                         b"/" + conflated.trend_window.encode())]
-    for m in kept:
-        conflated.on_stats(orjson.loads(m.value))
-    trend_keys = sum(1 for m in msgs if m.key is not None and m.key.endswith(b"/1h"))
-    # the last of each other key (2 trusts x (15m, 24h) x (stats, totals)) and the unkeyed one
-    assert len(kept) == trend_keys + 2 * 2 * 2 + 1
-    assert [m for m in msgs if m in kept] == kept                     # offset order kept
+    kept, trend = superseding([m.key for m in msgs], b"/" + conflated.trend_window.encode())
+    for key, indexes in trend.items():
+        conflated.on_trend_records(key, [msgs[i].value for i in indexes])
+    for i in kept:
+        conflated.on_stats(orjson.loads(msgs[i].value))
+    # the last of each key (2 trusts x 3 windows x (stats, totals)) and the unkeyed one; the
+    # earlier trend-window category records of each trust
+    assert len(kept) == 2 * 3 * 2 + 1 and kept == sorted(kept)
+    assert sorted(trend) == [b"*/C2/1h", b"LAS/C2/1h"]
+    assert all(len(ix) == 39 and ix == sorted(ix) for ix in trend.values())
     assert conflated.stats == everything.stats and conflated.totals == everything.totals
     assert conflated.trends == everything.trends and conflated.trends
     assert conflated.stats_list() == everything.stats_list()
+    assert conflated.trends_list() == everything.trends_list()
+
+
+def test_a_backlog_of_trend_records_keeps_a_day_and_parses_little(monkeypatch):
+    """A worker catching up hands over weeks of trend records: what it keeps (and shows) is
+    the trend span's worth, as parsing them all would keep, and most are never parsed."""
+    import streams.feed as feed
+    parsed = []
+    real = feed.parse_json
+    monkeypatch.setattr(feed, "parse_json", lambda v: parsed.append(v) or real(v))
+    everything, lazy = LiveView(), LiveView()
+    values = [orjson.dumps(stats_rec(end, mean_s=float(end))) for end in range(60, 60 * 24 * 14)]
+    for v in values:
+        everything.on_stats(orjson.loads(v))
+    for i in range(0, len(values) - 1, 97):                 # fetch by fetch
+        lazy.on_trend_records(b"LAS/C2/1h", values[i:min(i + 97, len(values) - 1)])
+    lazy.on_stats(orjson.loads(values[-1]))
+    assert len(parsed) < len(values) / 8, len(parsed)
+    assert lazy.trends == everything.trends
+    points = lazy.trends[("LAS", "C2")]
+    assert len(points) == 24 * 60 and points[-1].end_ms == T0 + (60 * 24 * 14 - 1) * MIN
+    assert len(parsed) < len(values) / 4
+
+
+def test_unreadable_trend_records_are_counted_not_kept():
+    lazy = LiveView()
+    values = [orjson.dumps(stats_rec(end)) for end in range(60, 60 + 300)]
+    values[150] = b"{not json"
+    lazy.on_trend_records(b"LAS/C2/1h", values)
+    assert len(lazy.trends[("LAS", "C2")]) == 299 and lazy.ignored == 1
 
 
 def test_a_request_timing_out_at_startup_is_retried_and_a_missing_topic_is_not():

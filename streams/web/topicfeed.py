@@ -22,10 +22,8 @@ import time
 from collections import deque
 from typing import Callable
 
-import orjson
-
 from streams import rawfetch
-from streams.feed import HealthFacts, LiveView
+from streams.feed import HealthFacts, LiveView, parse_json
 from streams.topics import TopicNames
 
 log = logging.getLogger("callstream.feed")
@@ -83,7 +81,8 @@ class TopicFeed:
         self.rate = RateMeter()
         self.records = 0
         #: stats records not parsed: a later record of the same key in the same fetch
-        #: replaces them and nobody was subscribed to see them go by
+        #: replaces them and nobody was subscribed to see them go by (the trend window's
+        #: are handed over as bytes, for the trends)
         self.superseded = 0
         self._trend_suffix = b"/" + live.trend_window.encode()
         self.started_ms = int(time.time() * 1000)   # dead letters are counted from here on
@@ -124,7 +123,9 @@ class TopicFeed:
                         values = run.values()
                         self.records += len(values)
                         if tp.topic == self.topics.stats and not self.live.subscribers:
-                            kept = superseding(run.keys(), self._trend_suffix)
+                            kept, trend = superseding(run.keys(), self._trend_suffix)
+                            for key, indexes in trend.items():
+                                self.live.on_trend_records(key, [values[i] for i in indexes])
                             self.superseded += len(values) - len(kept)
                             values = [values[i] for i in kept]
                         for i in range(0, len(values), PARSE_SLICE):
@@ -183,17 +184,17 @@ class TopicFeed:
         self._inputs = [tp for t in self.topics.inputs for tp in tps[t]]
 
     def _stats(self, value: bytes | None) -> None:
-        rec = _json(value)
+        rec = parse_json(value)
         if rec is not None:
             self.live.on_stats(rec)
 
     def _alert(self, value: bytes | None) -> None:
-        rec = _json(value)
+        rec = parse_json(value)
         if rec is not None:
             self.live.on_alert(rec)
 
     def _dead_letter(self, value: bytes | None) -> None:
-        rec = _json(value)
+        rec = parse_json(value)
         self.live.on_dead_letter(rec.get("reason") if isinstance(rec, dict) else "unknown")
 
     async def _probe(self, consumer, admin) -> None:
@@ -216,31 +217,30 @@ class TopicFeed:
         return end, {tp: om.offset for tp, om in offsets.items()}
 
 
-def superseding(keys: list, keep_suffix: bytes) -> list[int]:
+def superseding(keys: list, trend_suffix: bytes) -> tuple[list[int], dict[bytes, list[int]]]:
     """Which stats records of one fetch (by their keys, in offset order) change what the
     view holds once the fetch is applied: the last record of each key
-    (`trust/category/window`; the merge publishes a key's windows in time order), and every
-    record whose key ends with `keep_suffix` (the trend window: each of them is a point of a
-    trend). A worker catching up on a backlog reads dozens of windows per key per fetch;
-    parsing them all cost the worker's event loop a seventh of its time. Records without a
-    key are all kept. Returns their indexes, in order."""
+    (`trust/category/window`; the merge publishes a key's windows in time order) and every
+    record without a key, to parse now; and per key of the trend window (`trend_suffix`),
+    its earlier records, which add trend points only (`LiveView.on_trend_records`; the
+    `ALL` totals make none). A worker catching up on a backlog reads dozens of windows per
+    key per fetch; parsing them all cost the worker's event loop a seventh of its time.
+    Returns indexes, in order."""
     seen: set = set()
     kept = []
+    trend: dict[bytes, list[int]] = {}
+    totals_suffix = b"/ALL" + trend_suffix
     for i in range(len(keys) - 1, -1, -1):
         key = keys[i]
-        if key is not None and not key.endswith(keep_suffix):
-            if key in seen:
-                continue
+        if key is None:
+            kept.append(i)
+        elif key in seen:
+            if key.endswith(trend_suffix) and not key.endswith(totals_suffix):
+                trend.setdefault(key, []).append(i)
+        else:
             seen.add(key)
-        kept.append(i)
+            kept.append(i)
     kept.reverse()
-    return kept
-
-
-def _json(value: bytes | None):
-    if not value:
-        return None
-    try:
-        return orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return None
+    for indexes in trend.values():
+        indexes.reverse()
+    return kept, trend
