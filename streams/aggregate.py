@@ -309,7 +309,7 @@ def pressure_at(end: int, waiting: dict) -> dict[tuple[str, str], tuple[int, int
 
 def apply_waiting(state: dict, outcome) -> Iterable:
     """Bring a partition's waiting state (as the merge holds it) up to a
-    `streams.partition.BucketOutcome`, in place; returns the keys that changed."""
+    `streams.outcomes.BucketOutcome`, in place; returns the keys that changed."""
     return apply_changes(state, outcome.waiting.items(), not outcome.waiting_delta)
 
 
@@ -669,7 +669,9 @@ class PartitionMerge:
     # -- closing -------------------------------------------------------------------------
     def advance(self, limit: int | None = None) -> int:
         """Close every bucket all partitions have released (at most `limit`); returns how
-        many closed."""
+        many closed. A step at a time: which boundary each queued bucket goes with
+        (`_boundaries`), the step's outcomes added in bulk (`WindowTotals.add_step`), then
+        per boundary its waiting changes, late outcomes and latest calls, and the close."""
         target = self.closable_through
         if target is None:
             return 0

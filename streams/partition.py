@@ -6,7 +6,8 @@ buffers its partition's events per bucket, releases them in the Processor's tota
 the watermark it is given passes, and instead of windows it records what the join decided
 per released bucket (`BucketOutcome`): calls, hear-and-treat, redirects, responses, and the
 calls waiting for a crew. The aggregator (`streams.aggregate.PartitionMerge`) adds up those
-outcomes from every partition, bucket by bucket, into one `WindowTotals`.
+outcomes from every partition (as `OutcomeColumns`, the columnar join's form), a run of
+buckets at a time, into one `WindowTotals`.
 
 Pure and deterministic: given the same snapshot, the same events in the same chunks and the
 same watermarks, it produces the same outcomes and the same state; the live worker relies on

@@ -6,8 +6,8 @@ buffered record and an `Episode` object per call; per event that is ~8 us of Pyt
 a live worker's joins process. Here a fetched chunk is one kernel call (`live_feed`: late
 events joined at once, the others buffered) and a watermark is one more (`live_release`:
 buckets released in the reference's order, expiry, the waiting keys' changes, outcomes
-logged as rows), and the Python wrapper (`streams.fast.partjoin`) turns the rows into the
-same `BucketOutcome`s.
+logged as rows), and the Python wrapper (`streams.fast.partjoin`) ships the rows as
+`OutcomeColumns`, the same outcomes as the reference's `BucketOutcome`s.
 
 Differences from the offline kernel (`streams.fast.join`), which sees the whole log at once:
 events come by value (a record's raw bytes are copied into an arena, `RAW`, so ties in
