@@ -23,7 +23,8 @@ from streams.rules import BoundaryBatch, ClosedWindows
 from streams.settings import ProcessingSettings
 from streams.sketch import QuantileSketch
 from streams.windows import (ALL_TRUSTS, CALLS, CATEGORY_KEYS, HEAR_AND_TREAT, QUANTILES,
-                             REDIRECTED, REDIRECTED_C1, WAIT_CATEGORIES, WindowStore)
+                             REDIRECTED, REDIRECTED_C1, WAIT_CATEGORIES, WindowStore,
+                             restore_slots)
 
 
 class Outputs(Protocol):
@@ -307,15 +308,10 @@ def pressure_at(end: int, waiting: dict) -> dict[tuple[str, str], tuple[int, int
     return {k: (n, end - s if end > s else 0) for k, (n, s) in waiting.items()}
 
 
-def apply_waiting(state: dict, outcome) -> Iterable:
-    """Bring a partition's waiting state (as the merge holds it) up to a
-    `streams.outcomes.BucketOutcome`, in place; returns the keys that changed."""
-    return apply_changes(state, outcome.waiting.items(), not outcome.waiting_delta)
-
-
 def apply_changes(state: dict, changes: Iterable[tuple], whole: bool = False) -> Iterable:
-    """`apply_waiting` for (key, (calls waiting, earliest) or None) changes; `whole`: they
-    are the whole new state (reports from before deltas)."""
+    """Bring a partition's waiting state (as the merge holds it) up to its (key, (calls
+    waiting, earliest) or None) changes, in place; `whole`: they are the whole new state
+    (reports from before deltas). Returns the keys that changed."""
     if whole:
         changes = dict(changes)
         keys = set(state) | set(changes)
@@ -496,9 +492,7 @@ class _PartitionState:
 
     def __setstate__(self, state) -> None:
         self.pos = 0
-        for part in state if isinstance(state, tuple) else (state,):
-            for k, v in (part or {}).items():
-                setattr(self, k, v)
+        restore_slots(self, state)
         if self.queue and type(self.queue[0]) is not OutcomeColumns:
             # a snapshot from before columns: its queue holds `BucketOutcome`s
             self.queue = deque([OutcomeColumns.from_outcomes(list(self.queue)[self.pos:])])

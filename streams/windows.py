@@ -56,9 +56,7 @@ class Pane:
 
     def __setstate__(self, state) -> None:
         self.responses, self.counts = [], None          # panes pickled before the columns
-        for part in state if isinstance(state, tuple) else (state,):
-            for k, v in (part or {}).items():
-                setattr(self, k, v)
+        restore_slots(self, state)
 
     def add_counts(self, counts: np.ndarray) -> None:
         """Add call totals by trust id (a [trust id, total kind] array)."""
@@ -537,6 +535,14 @@ class WindowStore:
             if responses or any(tt):
                 out.append(_totals_record(head, trust, tt, responses))
         return out
+
+
+def restore_slots(obj, state) -> None:
+    """Set what the pickled state of a `__slots__` object holds (`(None, slots)` or a
+    dict); a `__setstate__` sets defaults for slots added since, then calls this."""
+    for part in state if isinstance(state, tuple) else (state,):
+        for k, v in (part or {}).items():
+            setattr(obj, k, v)
 
 
 def _groups(starts: np.ndarray) -> list[tuple[int, np.ndarray]]:

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from producers.simulate import Disorder, england, generate
-from streams.aggregate import CollectingOutputs, PartitionMerge, apply_waiting
+from streams.aggregate import CollectingOutputs, PartitionMerge, apply_changes
 from streams.events import DeadLetter, Event, decode
 from streams.partition import PartitionJoin, make_report
 from streams.processor import Processor
@@ -135,7 +135,7 @@ def as_whole_states(report, held: dict, sizes: list | None):
     for b in report.buckets:
         if b.waiting is not None:
             assert b.waiting_delta
-            apply_waiting(held, b)
+            apply_changes(held, b.waiting.items(), not b.waiting_delta)
             if sizes is not None:
                 sizes.append((len(b.waiting), len(held)))
                 buckets.append(b)
