@@ -58,7 +58,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 import orjson
 
-from streams.aggregate import CollectingOutputs, PartitionMerge
+from streams.aggregate import PartitionMerge, TextOutputs
 from streams.childproc import die_with_parent
 from streams.events import DeadLetter, Event
 from streams.fast.partjoin import ColumnarPartitionJoin
@@ -676,7 +676,7 @@ class MergeStage:
         self.state = state
         self.consumer = None
         self.cp: _MergeCheckpoint | None = None
-        self.outputs = CollectingOutputs()
+        self.outputs = TextOutputs()
         self.published: dict[tuple[str, int], int] = {}     # (topic, partition) -> last seq
         self.out_partitions: dict[str, int] = {}
         self.last_snapshot = 0.0
@@ -842,8 +842,11 @@ class MergeStage:
 
         for letter in out.dead_letters:
             add(topics.deadletter, letter.key, letter.to_json())
-        for rec in out.stats_records:
-            add(topics.stats, stats_key(rec), orjson.dumps(rec))
+        stats = 0
+        for values, voff, keys, koff in out.stats_text:
+            for i in range(len(voff) - 1):          # each value is followed by a newline
+                add(topics.stats, keys[koff[i]:koff[i + 1]], values[voff[i]:voff[i + 1] - 1])
+            stats += len(voff) - 1
         for rec in out.alert_records:
             add(topics.alerts, str(rec.get("fingerprint", "")).encode(), orjson.dumps(rec))
             if self.opts.on_alert is not None:
@@ -863,19 +866,15 @@ class MergeStage:
             if batch.record_count():
                 futures.append(await producer.send_batch(batch, topic, partition=part))
         self.state.dead_letters += len(out.dead_letters)
-        self.state.stats += len(out.stats_records)
+        self.state.stats += stats
         self.state.alerts += len(out.alert_records)
         out.dead_letters.clear()
-        out.stats_records.clear()
+        out.stats_text.clear()
         out.alert_records.clear()
         # the previous step's batches, acknowledged while this step ran, as a rule: waiting
         # for this step's own would idle the merge for a round trip each step
         await self._settle()
         self._in_flight = futures
-
-
-def stats_key(record: dict) -> bytes:
-    return f"{record['trust']}/{record['category']}/{record['window']}".encode()
 
 
 # -- the worker's live state -----------------------------------------------------------------

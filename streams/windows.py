@@ -14,10 +14,12 @@ from itertools import chain
 from typing import Callable, Iterator
 
 import numpy as np
+import orjson
 
 from streams.settings import HOUR_MS, ProcessingSettings, RollingWindow
 from streams.fast.spans import (COUNT, EMPTY_EXT, HIGH, LATE, SUM, accumulate, positions,
                                 span_quantiles)
+from streams.fast.windows import span_record_text
 from streams.sketch import _mapping
 from streams.timefmt import format_ts, local_date, local_day_start, local_month_start
 
@@ -340,8 +342,12 @@ class WindowStore:
 
         `pressure()` gives (trust, category) -> (waiting, longest wait ms) at `end`; it is
         called only when a window is emitted."""
+        return [r for w in self.close_windows(end, pressure) for r in w.dicts()]
+
+    def close_windows(self, end: int, pressure: Callable[[], dict]) -> list["WindowRecords"]:
+        """`close`, each window's records kept as the arrays they are made from."""
         self.closed_until = end
-        out: list[dict] = []
+        out: list[WindowRecords] = []
         for i, size in enumerate(self.pane_sizes):
             if end % size == 0:
                 self.panes[size][end - size] = self._span(self._pane_parts(end - size, end, i))
@@ -354,9 +360,11 @@ class WindowStore:
                 start = end - w.size_ms
                 parts = [p for s in range(start, end, w.every_ms)
                          if (p := source.get(s)) is not None]
-                out.extend(self._records(w.name, start, end, self._span(parts), pressure()))
+                got = self._records(w.name, start, end, self._span(parts), pressure())
+                if got is not None:
+                    out.append(got)
         if self.calendar:
-            out.extend(self._close_calendar(end, pressure))
+            out.extend(w for w in self._close_calendar(end, pressure) if w is not None)
         self._forget(end)
         return out
 
@@ -429,7 +437,8 @@ class WindowStore:
             out.totals[:c.shape[0]] += c
         return out
 
-    def _close_calendar(self, end: int, pressure: Callable[[], dict]) -> Iterator[dict]:
+    def _close_calendar(self, end: int, pressure: Callable[[], dict]
+                        ) -> Iterator["WindowRecords | None"]:
         if self.next_midnight is None:
             self.next_midnight = local_day_start(end, self.tz)
             if self.next_midnight < end:
@@ -443,11 +452,11 @@ class WindowStore:
         self.days[day_start] = day
         label = local_date(day_start, self.tz)
         if "day" in self.calendar:
-            yield from self._records("day", day_start, end, day, pressure(), date=label)
+            yield self._records("day", day_start, end, day, pressure(), date=label)
         if "mtd" in self.calendar:
             month_start = local_month_start(end - 1, self.tz)
             mtd = self._span([d for s, d in sorted(self.days.items()) if s >= month_start])
-            yield from self._records("mtd", month_start, end, mtd, pressure(), date=label)
+            yield self._records("mtd", month_start, end, mtd, pressure(), date=label)
             for s in [s for s in self.days if s < month_start]:
                 del self.days[s]
         self.next_midnight = local_day_start(end + 36 * HOUR_MS, self.tz)
@@ -476,15 +485,41 @@ class WindowStore:
 
     # -- records -----------------------------------------------------------------------
     def _records(self, name: str, start: int, end: int, span: Span, pressure: dict,
-                 date: str | None = None) -> list[dict]:
+                 date: str | None = None) -> "WindowRecords | None":
         nt = span.totals.shape[0]
         nc = len(CATEGORY_KEYS)
         names = self.trust_names
+        ids = self.trust_ids
         present = span.stat[:, COUNT].reshape(nt, nc).any(axis=1) | span.totals.any(axis=1)
-        trusts = {names[t] for t in np.flatnonzero(present).tolist()}
-        trusts.update(t for t, _ in pressure)
-        if not trusts:
-            return []
+        order = set(np.flatnonzero(present).tolist())
+        extra: list[str] = []                 # waiting calls of a trust with no row yet
+        for trust, _ in pressure:
+            t = ids.get(trust)
+            if t is None:
+                if trust not in extra:
+                    extra.append(trust)
+                t = len(names) + extra.index(trust)
+            order.add(t)
+        if not order:
+            return None
+        if extra:
+            names = names + extra
+        n_all = len(names)
+        wn = np.zeros((n_all + 1, nc), np.int64)
+        wl = np.zeros((n_all + 1, nc), np.int64)
+        hw = np.zeros((n_all + 1, nc), np.bool_)
+        for (trust, cat), (n, longest) in pressure.items():
+            t = ids.get(trust)
+            if t is None:
+                t = len(self.trust_names) + extra.index(trust)
+            c = _CATEGORY_INDEX[cat]
+            wn[t, c] = n
+            wl[t, c] = longest
+            hw[t, c] = True
+        if pressure:
+            wn[n_all] = wn[:n_all].sum(axis=0)
+            wl[n_all] = wl[:n_all].max(axis=0)
+            hw[n_all] = hw[:n_all].any(axis=0)
         # every trust's rows, then the all-trusts rows; centiles of all in one kernel call
         width = span.hist.shape[1]
         stat = np.concatenate([span.stat, span.stat.reshape(nt, nc, 4).sum(axis=0)])
@@ -493,48 +528,149 @@ class WindowStore:
         hist = np.concatenate([span.hist,
                                span.hist.reshape(nt, nc, width).sum(axis=0, dtype=np.int32)])
         quantiles = span_quantiles(stat, ext, hist, np.int64(span.base), _QS,
-                                   _mapping(self.accuracy).reps).tolist()
-        stat = stat.tolist()
-        ext = ext.tolist()
-        totals = span.totals.tolist()
-
+                                   _mapping(self.accuracy).reps)
+        totals = np.concatenate([span.totals, span.totals.sum(axis=0, keepdims=True)])
         head = {"window": name, "start": format_ts(start), "end": format_ts(end)}
         if date is not None:
             head["date"] = date
-        wait_all: dict[str, tuple[int, int]] = {}
-        for (trust, cat), (n, longest) in pressure.items():
-            old = wait_all.get(cat, (0, 0))
-            wait_all[cat] = (old[0] + n, max(old[1], longest))
+        ranked = sorted(order, key=names.__getitem__)
+        return WindowRecords(head, names, nt, stat, ext, quantiles, totals, wn, wl, hw,
+                             np.array(ranked, np.int64), self._name_text(names))
+
+    #: (trust count, (JSON names, offsets, raw names, offsets)) for `WindowRecords.text`
+    _names_text: tuple | None = None
+
+    def _name_text(self, names: list[str]) -> tuple:
+        cached = self._names_text
+        if cached is not None and cached[0] == len(names) and names is self.trust_names:
+            return cached[1]
+        made = _name_columns(names)
+        if names is self.trust_names:
+            self._names_text = (len(names), made)
+        return made
+
+
+class WindowRecords:
+    """The records of one window at one close, as the span's arrays they are made from (the
+    last rows are all trusts), rendered as dicts (`dicts`: the reference, and what the
+    offline replay writes) or as JSON text with their Kafka keys by one kernel call
+    (`text`: the merge publishes hundreds of thousands). `trust_ids` are the trusts with
+    records, in output order."""
+
+    __slots__ = ("head", "names", "n_span", "stat", "ext", "quantiles", "totals", "wn", "wl",
+                 "hw", "trust_ids", "name_text", "_dicts")
+
+    def __init__(self, head: dict, names: list[str], n_span: int, stat: np.ndarray,
+                 ext: np.ndarray, quantiles: np.ndarray, totals: np.ndarray, wn: np.ndarray,
+                 wl: np.ndarray, hw: np.ndarray, trust_ids: np.ndarray, name_text: tuple):
+        self.head = head
+        self.names = names
+        self.n_span = n_span
+        self.stat = stat
+        self.ext = ext
+        self.quantiles = quantiles
+        self.totals = totals
+        self.wn = wn
+        self.wl = wl
+        self.hw = hw
+        self.trust_ids = trust_ids
+        self.name_text = name_text
+        self._dicts: list[dict] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.head["window"]
+
+    @property
+    def date(self) -> str | None:
+        return self.head.get("date")
+
+    def trusts(self) -> list[str]:
+        names = self.names
+        return [names[t] for t in self.trust_ids.tolist()]
+
+    def dicts(self) -> list[dict]:
+        """The records as dicts, in output order (computed once)."""
+        if self._dicts is not None:
+            return self._dicts
+        nc = len(CATEGORY_KEYS)
+        nt = self.n_span
+        head = self.head
+        stat = self.stat.tolist()
+        ext = self.ext.tolist()
+        quantiles = self.quantiles.tolist()
+        totals = self.totals.tolist()
+        wn, wl, hw = self.wn.tolist(), self.wl.tolist(), self.hw.tolist()
         out: list[dict] = []
-        # all trusts first
-        base = nt * nc
-        for c, cat in enumerate(CATEGORY_KEYS):
-            rec = _category_record(head, ALL_TRUSTS, cat, stat[base + c], ext[base + c],
-                                   quantiles[base + c], wait_all.get(cat))
-            if rec is not None:
-                out.append(rec)
-        totals_all = [sum(col) for col in zip(*totals)] if totals else [0, 0, 0, 0]
-        out.append(_totals_record(head, ALL_TRUSTS, totals_all, _responses(stat, base)))
-        ids = self.trust_ids
-        for trust in sorted(trusts):
-            t = ids.get(trust)
-            if t is None or t >= nt:           # only waiting calls
-                for cat in CATEGORY_KEYS:
-                    wait = pressure.get((trust, cat))
-                    if wait is not None:
-                        out.append(_category_record(head, trust, cat, None, None, None, wait))
+        for t in [-1] + self.trust_ids.tolist():
+            trust = ALL_TRUSTS if t < 0 else self.names[t]
+            w = len(wn) - 1 if t < 0 else t
+            if t >= nt:                        # only waiting calls
+                for c, cat in enumerate(CATEGORY_KEYS):
+                    if hw[w][c]:
+                        out.append(_category_record(head, trust, cat, None, None, None,
+                                                    (wn[w][c], wl[w][c])))
                 continue
-            base = t * nc
+            base = (nt if t < 0 else t) * nc
             for c, cat in enumerate(CATEGORY_KEYS):
                 rec = _category_record(head, trust, cat, stat[base + c], ext[base + c],
-                                       quantiles[base + c], pressure.get((trust, cat)))
+                                       quantiles[base + c],
+                                       (wn[w][c], wl[w][c]) if hw[w][c] else None)
                 if rec is not None:
                     out.append(rec)
             responses = _responses(stat, base)
-            tt = totals[t]
-            if responses or any(tt):
+            tt = totals[nt if t < 0 else t]
+            if t < 0 or responses or any(tt):
                 out.append(_totals_record(head, trust, tt, responses))
+        self._dicts = out
         return out
+
+    def text(self) -> tuple[bytes, list[int], bytes, list[int]] | None:
+        """(values, value offsets, keys, key offsets) of the records, as orjson writes
+        `dicts()` (value i is values[offs[i]:offs[i + 1] - 1]); None when a figure is too
+        large for the kernel (the caller writes the dicts)."""
+        tname, tname_off, kname, kname_off = self.name_text
+        head = orjson.dumps(self.head)[:-1]
+        wkey = self.head["window"].encode()
+        most = (len(self.trust_ids) + 1) * (len(CATEGORY_KEYS) + 1)
+        longest = max(int(np.diff(tname_off).max(initial=0)), 3)
+        out = np.empty(most * (len(head) + longest + 320), np.uint8)
+        kout = np.empty(most * (longest + len(wkey) + 8), np.uint8)
+        voff = np.zeros(most + 1, np.int64)
+        koff = np.zeros(most + 1, np.int64)
+        n = span_record_text(np.frombuffer(head, np.uint8), tname, tname_off, kname,
+                             kname_off, np.frombuffer(wkey, np.uint8), self.trust_ids,
+                             self.n_span, self.stat, self.ext, self.quantiles, self.totals,
+                             self.wn, self.wl, self.hw, out, voff, kout, koff,
+                             np.zeros(6, np.int64), np.zeros(5, np.int64),
+                             np.zeros(1, np.float64))
+        if n < 0:
+            return None
+        return (out[:voff[n]].tobytes(), voff[:n + 1].tolist(), kout[:koff[n]].tobytes(),
+                koff[:n + 1].tolist())
+
+
+def stats_key(record: dict) -> bytes:
+    """A stats record's Kafka key: one key per (trust, category, window) series."""
+    return f"{record['trust']}/{record['category']}/{record['window']}".encode()
+
+
+def text_of(records: list[dict]) -> tuple[bytes, list[int], bytes, list[int]]:
+    """`WindowRecords.text` for records as dicts (figures the kernel leaves to Python)."""
+    values = [orjson.dumps(r) + b"\n" for r in records]
+    keys = [stats_key(r) for r in records]
+    return (b"".join(values), np.cumsum([0] + [len(v) for v in values]).tolist(),
+            b"".join(keys), np.cumsum([0] + [len(k) for k in keys]).tolist())
+
+
+def _name_columns(names: list[str]) -> tuple:
+    """Trust names as JSON strings and as raw UTF-8 (keys), each concatenated + offsets."""
+    quoted = [orjson.dumps(n) for n in names]
+    raw = [n.encode() for n in names]
+    return (np.frombuffer(b"".join(quoted) or b"\0", np.uint8),
+            np.cumsum([0] + [len(q) for q in quoted]).astype(np.int64),
+            np.frombuffer(b"".join(raw) or b"\0", np.uint8),
+            np.cumsum([0] + [len(r) for r in raw]).astype(np.int64))
 
 
 def restore_slots(obj, state) -> None:

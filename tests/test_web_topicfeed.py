@@ -12,7 +12,7 @@ from producers.kafka_io import ensure_topics, make_producer
 from streams.broker import LocalBroker, free_port
 from streams.feed import LiveView
 from streams.topics import TopicNames
-from streams.live import stats_key
+from streams.windows import stats_key
 from streams.web.topicfeed import (MissingTopics, RateMeter, TopicFeed, lag_and_position,
                                    superseding)
 from tests.test_feed import MIN, T0, alert_rec, stats_rec, totals_rec

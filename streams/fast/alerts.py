@@ -338,6 +338,19 @@ def next_stops(values, scale, times, watch, fresh, pos, todo, marks, hits, hit_m
     return n_hits, n_tails
 
 
+def record_figures(agg: np.ndarray, quant: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`mean_s` and `p90_s` as window records state them (`window_figures`), the figures
+    too large for the kernel rounded by Python."""
+    mean_s = np.empty(agg.shape[:-1])
+    p90_s = np.empty(agg.shape[:-1])
+    if window_figures(agg, quant, mean_s, p90_s):
+        for at in zip(*np.nonzero(mean_s == -np.inf)):
+            n, total = int(agg[at][0]), int(agg[at][1])
+            mean_s[at] = round(total / n / 1000.0, 3)
+            p90_s[at] = round(float(quant[at][1]), 3)
+    return mean_s, p90_s
+
+
 @njit(cache=True, nogil=True)
 def window_figures(kagg, kquant, mean_s, p90_s):
     """The `mean_s` and `p90_s` of captured window aggregates ([close, trust, category]) as

@@ -27,7 +27,7 @@ import numpy as np
 
 from streams.childproc import die_with_parent
 from streams.errors import CallstreamError
-from streams.fast.alerts import WaitingSweep, last_calls, window_figures
+from streams.fast.alerts import WaitingSweep, last_calls, record_figures
 from streams.replay import alert_line
 from streams.rules import BoundaryBatch, ClosedWindows
 
@@ -88,13 +88,7 @@ class RuleColumns:
         if not kept:
             return {}
         nt = self.n_trusts
-        mean_s = np.empty(agg.shape[:3])
-        p90_s = np.empty(agg.shape[:3])
-        if window_figures(agg, quant, mean_s, p90_s):
-            for s, t, c in zip(*np.nonzero(mean_s == -np.inf)):
-                n, total = int(agg[s, t, c, 0]), int(agg[s, t, c, 1])
-                mean_s[s, t, c] = round(total / n / 1000.0, 3)
-                p90_s[s, t, c] = round(float(quant[s, t, c, 1]), 3)
+        mean_s, p90_s = record_figures(agg, quant)
         has = (tot[:, :, 5] != 0) | (tot[:, :, 4] > 0)
         at_all = np.array([j - j0 for j, _, _ in kept], np.int64)
         # the all-trusts totals record exists once any trust has a record (waiting counts)

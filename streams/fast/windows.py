@@ -412,6 +412,82 @@ def _totals_json(out, pos, head, h0, h1_, tname, t0, t1, tot):
     return _put_lit(out, pos, L_END)
 
 
+_KEY_CATS = np.frombuffer(b"C1C1TC2C3C4ALL", np.uint8).copy()
+_KEY_CAT_OFF = np.array([0, 2, 5, 7, 9, 11, 14], np.int64)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _key(kout, kpos, kname, t, kname_off, cat, wkey):
+    """A stats record's Kafka key, `trust/category/window` (raw, as `streams.windows.stats_key`)."""
+    if t < 0:
+        kout[kpos] = 42                                     # "*"
+        kpos += 1
+    else:
+        kpos = _put(kout, kpos, kname, kname_off[t], kname_off[t + 1])
+    kout[kpos] = 47
+    kpos = _put(kout, kpos + 1, _KEY_CATS, _KEY_CAT_OFF[cat], _KEY_CAT_OFF[cat + 1])
+    kout[kpos] = 47
+    return _put(kout, kpos + 1, wkey, 0, wkey.shape[0])
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def span_record_text(head, tname, tname_off, kname, kname_off, wkey, order, n_span, stat,
+                     ext, quant, totals, wn, wl, hw, out, voff, kout, koff, agg, tot,
+                     scratch):
+    """The records of one window close of the live merge (`streams.windows.WindowRecords`,
+    rows of a span: stat [count, sum, late, zeros], ext [high, -low], centiles; the last
+    rows are all trusts) as orjson writes `WindowRecords.dicts`: value i is
+    out[voff[i]:voff[i + 1] - 1] (a newline follows each), key i kout[koff[i]:koff[i + 1]].
+    Returns the number of records, or -1 when a number needs Python's float repr."""
+    n_all = wn.shape[0] - 1
+    n = 0
+    pos = 0
+    kpos = 0
+    for x in range(-1, order.shape[0]):
+        t = -1 if x < 0 else order[x]
+        w = n_all if t < 0 else t
+        base = (n_span if t < 0 else t) * 5
+        spanned = t < n_span
+        t0 = -1 if t < 0 else tname_off[t]
+        t1 = -1 if t < 0 else tname_off[t + 1]
+        responses = 0
+        for cat in range(5):
+            agg[:] = 0
+            if spanned:
+                agg[0] = stat[base + cat, 0]
+                agg[1] = stat[base + cat, 1]
+                agg[2] = ext[base + cat, 0]
+                agg[4] = stat[base + cat, 2]
+                if cat != 1:
+                    responses += agg[0]
+            if agg[0] == 0 and not hw[w, cat]:
+                continue
+            pos = _category_json(out, pos, head, 0, head.shape[0], tname, t0, t1, cat, agg,
+                                 quant[base + cat] if spanned else quant[0], wn[w, cat],
+                                 wl[w, cat], hw[w, cat], scratch)
+            if pos < 0:
+                return -1
+            kpos = _key(kout, kpos, kname, t, kname_off, cat, wkey)
+            n += 1
+            voff[n] = pos
+            koff[n] = kpos
+        if not spanned:
+            continue
+        some = responses > 0
+        for k in range(4):
+            tot[k] = totals[n_span if t < 0 else t, k]
+            some = some or tot[k] != 0
+        tot[4] = responses
+        if t >= 0 and not some:
+            continue
+        pos = _totals_json(out, pos, head, 0, head.shape[0], tname, t0, t1, tot)
+        kpos = _key(kout, kpos, kname, t, kname_off, 5, wkey)
+        n += 1
+        voff[n] = pos
+        koff[n] = kpos
+    return n
+
+
 def record_buffers(n_closes: int, text_bytes: int, n_trusts: int, npos: int) -> tuple:
     """Everything `window_records` writes into, allocated here: the kernel itself runs
     without Numba's reference counting."""
