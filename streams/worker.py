@@ -39,9 +39,17 @@ class WorkerConfig:
         return f"{self.topic_prefix}callstream"
 
 
-def build_app(config: WorkerConfig):
-    """The Faust app: web server and control-room feed; the live processor (started by
-    `run_worker`, stopped with the app) as `app.callstream_live`."""
+def live_processor(config: WorkerConfig) -> LiveProcessor:
+    return LiveProcessor(LiveOptions(
+        bootstrap=config.bootstrap, topic_prefix=config.topic_prefix, group=config.app_id,
+        partitions=config.partitions, settings=config.settings,
+        rules_factory=lambda: config.rules, idle_timeout_s=config.idle_timeout_s,
+        checkpoint_every_s=config.checkpoint_every_s))
+
+
+def build_app(config: WorkerConfig, live: LiveProcessor | None = None):
+    """The Faust app: web server and control-room feed; the live processor (made here
+    unless given; started by `run_worker`, stopped with the app) as `app.callstream_live`."""
     import faust
 
     topics = TopicNames.with_prefix(config.topic_prefix)
@@ -60,18 +68,15 @@ def build_app(config: WorkerConfig):
         broker_heartbeat_interval=1.0,
     )
     from streams.web.attach import attach
-    holder: dict = {}
+    if live is None:
+        live = live_processor(config)
     control_room = attach(app, bootstrap=config.bootstrap, topics=topics,
                           group_id=f"{config.app_id}-join",
                           web_host=config.web_host, web_token=config.web_token,
                           alertmanager_url=config.alertmanager_url,
-                          watermark=lambda: holder["live"].watermark,
+                          watermark=lambda: live.watermark,
                           timezone=config.settings.timezone)
-    live = holder["live"] = LiveProcessor(LiveOptions(
-        bootstrap=config.bootstrap, topic_prefix=config.topic_prefix, group=config.app_id,
-        partitions=config.partitions, settings=config.settings,
-        rules_factory=lambda: config.rules, idle_timeout_s=config.idle_timeout_s,
-        checkpoint_every_s=config.checkpoint_every_s, on_alert=control_room.alert))
+    live.opts.on_alert = control_room.alert           # the merge's alerts, in this process
     app.callstream_live = live
 
     async def stop_live(_app, **_kwargs) -> None:
@@ -96,15 +101,16 @@ def preflight(config: WorkerConfig) -> None:
 
 def run_worker(config: WorkerConfig, loglevel: str = "info") -> int:
     import asyncio
-    from faust import Worker
     from streams.web.attach import check_options
     check_options(config.web_host, config.web_token, config.alertmanager_url)  # before Kafka
     preflight(config)
-    app = build_app(config)
-    live = app.callstream_live
-    # the merge's process starts importing now, beside Faust's own start-up
+    # the merge's process starts now, before Faust is even imported: on a backlog the merge
+    # is the last stage to finish, so its start-up must not wait for Faust's
+    live = live_processor(config)
     level = logging.getLevelName(loglevel.upper())
     live.spawn_merge(level if isinstance(level, int) else logging.INFO)
+    from faust import Worker
+    app = build_app(config, live)
 
     class LiveWorker(Worker):
         async def on_first_start(self) -> None:
