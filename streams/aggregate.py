@@ -30,7 +30,9 @@ from streams.windows import (ALL_TRUSTS, CALLS, CATEGORY_KEYS, HEAR_AND_TREAT, Q
 
 
 class Outputs(Protocol):
-    """Where results go: files for the offline replay, Kafka topics for the worker."""
+    """Where results go: files for the offline replay, Kafka topics for the worker. Outputs
+    that also have `windows(groups) -> int` take each close's `WindowRecords` as they are
+    (and say how many records they hold) instead of one `stats` call per record."""
 
     def stats(self, record: dict) -> None: ...
     def alert(self, record: dict) -> None: ...

@@ -6,7 +6,10 @@ A bucket keeps the response times (integer ms) that stopped in it. When a pane (
 `Span`: per (trust, category) exact count, sum, min and max, and a histogram of the values by
 sketch bucket, which is all a record's centiles read (the sketch's own answers, whatever the
 arrival order). Late responses (their bucket already closed) are added to every bucket, pane
-and day that already holds their bucket, counted as `late`, and never lost."""
+and day that already holds their bucket, counted as `late`, and never lost.
+
+A window's records at a close are a `WindowRecords`: the span's arrays, rendered as dicts
+(the reference) or, for the live merge, as Kafka keys and JSON values by one kernel call."""
 
 from __future__ import annotations
 
