@@ -495,27 +495,23 @@ class WindowStore:
         ids = self.trust_ids
         present = span.stat[:, COUNT].reshape(nt, nc).any(axis=1) | span.totals.any(axis=1)
         order = set(np.flatnonzero(present).tolist())
-        extra: list[str] = []                 # waiting calls of a trust with no row yet
-        for trust, _ in pressure:
+        extra: dict[str, int] = {}            # waiting calls of a trust with no row yet
+        waits = []
+        for (trust, cat), wait in pressure.items():
             t = ids.get(trust)
             if t is None:
-                if trust not in extra:
-                    extra.append(trust)
-                t = len(names) + extra.index(trust)
+                t = extra.setdefault(trust, len(names) + len(extra))
             order.add(t)
+            waits.append((t, _CATEGORY_INDEX[cat], wait))
         if not order:
             return None
         if extra:
-            names = names + extra
+            names = names + list(extra)
         n_all = len(names)
         wn = np.zeros((n_all + 1, nc), np.int64)
         wl = np.zeros((n_all + 1, nc), np.int64)
         hw = np.zeros((n_all + 1, nc), np.bool_)
-        for (trust, cat), (n, longest) in pressure.items():
-            t = ids.get(trust)
-            if t is None:
-                t = len(self.trust_names) + extra.index(trust)
-            c = _CATEGORY_INDEX[cat]
+        for t, c, (n, longest) in waits:
             wn[t, c] = n
             wl[t, c] = longest
             hw[t, c] = True
